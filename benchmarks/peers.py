@@ -1,0 +1,219 @@
+"""Adapters that train peer libraries' matrix-factorization models for lfopt benchmarks.
+
+Every adapter takes the same arguments::
+
+    run_xxx(train_u, train_i, train_r, test_u, test_i, test_r,
+            rank=100, epochs=40, lr=0.01, lam=0.02, use_bias=True, seed=42,
+            rating_range=(1, 5), threads=None)
+
+where ``*_u`` / ``*_i`` are 0-based integer index arrays and ``*_r`` float ratings.
+It trains on the training triples, predicts the test pairs, clips the predictions to
+``rating_range`` and returns a dict::
+
+    rmse, mae            test accuracy of the clipped predictions
+    seconds              wall time of the library's training call only
+    seconds_per_epoch    seconds / epochs
+    epochs, peer, version, use_bias (as actually trained), threads,
+    n_unknown            test pairs whose user or item has no training rating;
+                         they are predicted with the training mean (as LIBMF does)
+
+The peers are optional.  Install them with::
+
+    pip install -r benchmarks/requirements-peers.txt
+
+(``libmf`` is an sdist and is compiled with the local C++ compiler.)  An adapter whose
+library cannot be imported raises :class:`PeerUnavailable`, so benchmark scripts can
+report the peer as skipped::
+
+    try:
+        res = run_libmf(*split)
+    except PeerUnavailable as exc:
+        print("libmf: skipped:", exc)
+
+Caveats, from reading the peers' sources:
+
+* cornac ``MF``: plain SGD with biases, regularization applied at every visit
+  (``p -= lr * (-e q + lam p)``), init N(0, 0.01).  Its SGD visits the ratings in input
+  order with no reshuffling, so the training triples are shuffled once (``seed``) before
+  they are handed over, as cornac's own ``RatioSplit`` does.  Giving a ``seed`` makes
+  cornac train on ONE thread (its rule); pass ``seed=None`` to use ``threads`` cores.
+* LIBMF (``libmf`` package, LIBMF 2.x): squared loss (``fun=P_L2_MFR``) with
+  ``lambda_p2 = lambda_q2 = lam`` (L2; ``lambda_p1/q1`` are L1 and are set to 0 -- the
+  Python wrapper's own defaults are L1 = 0.04, L2 = 0!), ``k = rank``,
+  ``nr_iters = epochs``, ``eta = lr``.  LIBMF's SGD is per-row AdaGrad with ``eta`` as
+  the initial rate, regularizes at every visit, divides the ratings by their standard
+  deviation while training, has NO bias terms (``use_bias`` is ignored) and no seed
+  (its shuffles and init are fixed).  Its documented defaults are ``eta=0.1``,
+  ``lambda=0.1``.  The wrapper's ``predict`` reads its (n, 2) input column-major, so
+  predictions here are computed from the factors it returns.
+* Surprise ``SVD``: plain SGD with biases, per-visit regularization, init N(0, 0.1),
+  visits ratings grouped by user each epoch, single-threaded.  Its defaults are
+  ``n_epochs=20, lr_all=0.005, reg_all=0.02``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import os
+import time
+
+import numpy as np
+
+__all__ = ["PeerUnavailable", "PEERS", "run_cornac_mf", "run_libmf", "run_surprise_svd"]
+
+
+class PeerUnavailable(ImportError):
+    """A peer library is not installed or cannot be loaded."""
+
+
+def _require(module, package):
+    """Import ``module`` or raise PeerUnavailable naming the pip ``package``."""
+    try:
+        # libmf prints the path of its shared library on import; keep stdout clean.
+        with contextlib.redirect_stdout(io.StringIO()):
+            return importlib.import_module(module)
+    except (ImportError, OSError) as exc:  # libmf raises OSError when its .so is missing
+        raise PeerUnavailable(
+            f"{package} is not usable ({exc}); "
+            "pip install -r benchmarks/requirements-peers.txt"
+        ) from exc
+
+
+def _version(package):
+    try:
+        from importlib.metadata import version
+
+        return version(package)
+    except Exception:
+        return "unknown"
+
+
+def _arrays(train_u, train_i, train_r, test_u, test_i, test_r):
+    idx = [np.asarray(a, dtype=np.int64) for a in (train_u, train_i, test_u, test_i)]
+    val = [np.asarray(a, dtype=np.float32) for a in (train_r, test_r)]
+    return idx[0], idx[1], val[0], idx[2], idx[3], val[1]
+
+
+def _lookup(mapping, ids):
+    """Internal index of each raw id through ``mapping`` (dict raw -> internal), -1 if absent."""
+    size = max(int(ids.max(initial=0)), max(mapping, default=0)) + 1
+    table = np.full(size, -1, dtype=np.int64)
+    table[np.fromiter(mapping.keys(), np.int64)] = np.fromiter(mapping.values(), np.int64)
+    return table[ids]
+
+
+def _predict(u, i, P, Q, mu, bu=None, bi=None, fallback=0.0):
+    """mu + bu[u] + bi[i] + P[u].Q[i] for pairs with u, i >= 0; ``fallback`` elsewhere.
+
+    Returns the predictions and the number of pairs that got the fallback.
+    """
+    known = (u >= 0) & (i >= 0)
+    uk, ik = u[known], i[known]
+    pred = np.full(len(u), fallback, dtype=np.float64)
+    est = np.einsum("ij,ij->i", P[uk].astype(np.float64), Q[ik].astype(np.float64)) + mu
+    if bu is not None:
+        est += bu[uk] + bi[ik]
+    pred[known] = est
+    return pred, int(len(u) - known.sum())
+
+
+def _result(peer, package, pred, test_r, rating_range, seconds, epochs, n_unknown, **extra):
+    err = np.clip(pred, *rating_range) - test_r
+    return dict(
+        rmse=float(np.sqrt(np.mean(err**2))),
+        mae=float(np.mean(np.abs(err))),
+        seconds=seconds,
+        seconds_per_epoch=seconds / epochs,
+        epochs=epochs,
+        n_unknown=n_unknown,
+        peer=peer,
+        version=_version(package),
+        **extra,
+    )
+
+
+def run_cornac_mf(train_u, train_i, train_r, test_u, test_i, test_r, rank=100, epochs=40,
+                  lr=0.01, lam=0.02, use_bias=True, seed=42, rating_range=(1, 5),
+                  threads=None):
+    """Train ``cornac.models.MF`` (CPU backend, SGD) and evaluate on the test pairs."""
+    _require("cornac", "cornac")
+    from cornac.data import Dataset
+    from cornac.models import MF
+
+    tu, ti, tr, su, si, sr = _arrays(train_u, train_i, train_r, test_u, test_i, test_r)
+    order = np.random.default_rng(seed).permutation(len(tr))
+    train_set = Dataset.from_uir(
+        zip(tu[order].tolist(), ti[order].tolist(), tr[order].tolist()), seed=seed)
+    model = MF(k=rank, max_iter=epochs, learning_rate=lr, lambda_reg=lam, use_bias=use_bias,
+               num_threads=threads or 0, seed=seed, verbose=False)
+    t0 = time.perf_counter()
+    model.fit(train_set)
+    seconds = time.perf_counter() - t0
+
+    u, i = _lookup(train_set.uid_map, su), _lookup(train_set.iid_map, si)
+    pred, n_unknown = _predict(u, i, model.u_factors, model.i_factors, float(model.global_mean),
+                               model.u_biases, model.i_biases, fallback=float(tr.mean()))
+    return _result("cornac MF", "cornac", pred, sr, rating_range, seconds, epochs, n_unknown,
+                   use_bias=use_bias, threads=model.num_threads)
+
+
+def run_libmf(train_u, train_i, train_r, test_u, test_i, test_r, rank=100, epochs=40,
+              lr=0.01, lam=0.02, use_bias=True, seed=42, rating_range=(1, 5), threads=None):
+    """Train LIBMF (``libmf`` package) with squared loss and L2 on P and Q.
+
+    ``use_bias`` and ``seed`` are ignored: LIBMF has no bias terms and no seed option.
+    ``lr`` is LIBMF's initial AdaGrad rate ``eta`` (LIBMF's default 0.1).
+    """
+    libmf = _require("libmf.mf", "libmf")
+    tu, ti, tr, su, si, sr = _arrays(train_u, train_i, train_r, test_u, test_i, test_r)
+    if max(tu.max(), ti.max()) >= 2**24:
+        raise ValueError("the libmf wrapper passes indices as float32: ids must be < 2**24")
+    threads = threads or os.cpu_count() or 1
+    engine = libmf.MF(fun=libmf.P_L2_MFR, k=rank, nr_iters=epochs, eta=lr,
+                      lambda_p1=0.0, lambda_q1=0.0, lambda_p2=lam, lambda_q2=lam,
+                      nr_threads=threads, nr_bins=max(26, 2 * threads + 1), quiet=True)
+    data = np.column_stack([tu, ti, tr]).astype(np.float32)
+    t0 = time.perf_counter()
+    try:
+        engine.fit(data)
+    except ValueError as exc:  # NULL model: LIBMF rejected the parameters (see stderr)
+        raise RuntimeError(f"LIBMF training failed: {exc}") from exc
+    seconds = time.perf_counter() - t0
+
+    # Users/items with no training rating have NaN factor rows (or lie beyond m, n).
+    P, Q = engine.p_factors(), engine.q_factors()
+    u = np.where((su < len(P)) & ~np.isnan(P[np.minimum(su, len(P) - 1), 0]), su, -1)
+    i = np.where((si < len(Q)) & ~np.isnan(Q[np.minimum(si, len(Q) - 1), 0]), si, -1)
+    pred, n_unknown = _predict(u, i, P, Q, 0.0, fallback=float(tr.mean()))
+    return _result("LIBMF", "libmf", pred, sr, rating_range, seconds, epochs, n_unknown,
+                   use_bias=False, threads=threads)
+
+
+def run_surprise_svd(train_u, train_i, train_r, test_u, test_i, test_r, rank=100, epochs=40,
+                     lr=0.01, lam=0.02, use_bias=True, seed=42, rating_range=(1, 5),
+                     threads=None):
+    """Train ``surprise.SVD`` (single-threaded SGD; ``threads`` is ignored)."""
+    surprise = _require("surprise", "scikit-surprise")
+    tu, ti, tr, su, si, sr = _arrays(train_u, train_i, train_r, test_u, test_i, test_r)
+    reader = surprise.Reader(rating_scale=tuple(rating_range))
+    trainset = surprise.Dataset(reader).construct_trainset(
+        list(zip(tu.tolist(), ti.tolist(), tr.tolist(), [None] * len(tr))))
+    algo = surprise.SVD(n_factors=rank, n_epochs=epochs, lr_all=lr, reg_all=lam,
+                        biased=use_bias, random_state=seed)
+    t0 = time.perf_counter()
+    algo.fit(trainset)
+    seconds = time.perf_counter() - t0
+
+    users = {trainset.to_raw_uid(x): x for x in trainset.all_users()}
+    items = {trainset.to_raw_iid(x): x for x in trainset.all_items()}
+    u, i = _lookup(users, su), _lookup(items, si)
+    mu = trainset.global_mean if use_bias else 0.0
+    pred, n_unknown = _predict(u, i, algo.pu, algo.qi, mu, algo.bu, algo.bi,
+                               fallback=float(tr.mean()))
+    return _result("Surprise SVD", "scikit-surprise", pred, sr, rating_range, seconds, epochs,
+                   n_unknown, use_bias=use_bias, threads=1)
+
+
+PEERS = {"cornac": run_cornac_mf, "libmf": run_libmf, "surprise": run_surprise_svd}

@@ -1,0 +1,32 @@
+"""lfopt: latent factor models for high-dimensional and incomplete data.
+
+Quick start::
+
+    import lfopt
+    data = lfopt.load_data("ratings.dat")            # or lfopt.synthetic()
+    train, test = lfopt.random_split(data, 0.1, seed=42)
+    model = lfopt.LatentFactorModel(rank=50, optimizer="sgd").fit(train)
+    print(model.evaluate(test))
+"""
+
+__version__ = "0.1.0"
+
+from .data.interactions import Interactions  # noqa: E402
+from .data.io import load as load_data  # noqa: E402
+from .data.split import (  # noqa: E402
+    fixed_split,
+    k_core,
+    kfold,
+    per_user_split,
+    random_split,
+    train_valid_test_split,
+)
+from .data.synthetic import synthetic  # noqa: E402
+from .errors import ConfigError, DataError, DivergenceError, LfoptError, ModelFileError  # noqa: E402
+from .estimator import LatentFactorModel, load  # noqa: E402
+
+__all__ = [
+    "Interactions", "load_data", "synthetic", "random_split", "train_valid_test_split", "kfold",
+    "per_user_split", "fixed_split", "k_core", "LatentFactorModel", "load", "LfoptError", "DataError",
+    "ConfigError", "ModelFileError", "DivergenceError", "__version__",
+]

@@ -1,0 +1,399 @@
+"""The :class:`Interactions` container: a validated sparse matrix of observed entries.
+
+An ``Interactions`` holds the observed entries of an m x n matrix as three
+compact arrays (``users`` int32, ``items`` int32, ``values`` float32), the maps
+between original IDs and indices, optional timestamps, and lazily built CSR
+(by user) and CSC (by item) views.  Splits of one dataset share the same index
+space (same ``n_users``, ``n_items`` and ID maps), so a model trained on one
+part can be evaluated on another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..errors import DataError
+
+DUPLICATE_POLICIES = ("error", "mean", "last")
+
+
+@dataclass(frozen=True)
+class SparseView:
+    """A compressed view of the entries, by row (CSR) or by column (CSC).
+
+    ``indptr`` (int64, length ``n_major + 1``), ``indices`` (int32, minor index of
+    each entry), ``data`` (float32 values) and ``order`` (int64: position in the
+    ``Interactions`` arrays of each entry of the view), so any per-entry array
+    ``a`` aligned with the ``Interactions`` can be read in view order as
+    ``a[order]``.
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    order: np.ndarray
+
+
+def _compress(major: np.ndarray, minor: np.ndarray, values: np.ndarray, n_major: int) -> SparseView:
+    # Sort by (major, minor); lexsort's last key is the primary one.
+    order = np.lexsort((minor, major)).astype(np.int64)
+    counts = np.bincount(major, minlength=n_major)
+    indptr = np.zeros(n_major + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return SparseView(
+        indptr=indptr,
+        indices=np.ascontiguousarray(minor[order], dtype=np.int32),
+        data=np.ascontiguousarray(values[order], dtype=np.float32),
+        order=order,
+    )
+
+
+def _default_locate(k: int) -> str:
+    return f"entry {k}"
+
+
+class Interactions:
+    """Observed entries (user, item, value) of a sparse matrix.
+
+    Build one with the ``from_*`` constructors or the loaders of
+    :mod:`lfopt.data.io`; the constructor itself takes already-indexed arrays.
+
+    Examples
+    --------
+    >>> import numpy as np, lfopt
+    >>> data = lfopt.Interactions.from_arrays(["ann", "ann", "bob"], [10, 20, 10], [4.0, 3.0, 5.0])
+    >>> data.shape, data.nnz
+    ((2, 2), 3)
+    >>> data.user_index(["bob", "zed"]).tolist()
+    [1, -1]
+    """
+
+    def __init__(
+        self,
+        users,
+        items,
+        values,
+        *,
+        n_users: int | None = None,
+        n_items: int | None = None,
+        user_ids=None,
+        item_ids=None,
+        timestamps=None,
+        name: str = "",
+    ):
+        self.users = np.ascontiguousarray(users, dtype=np.int32)
+        self.items = np.ascontiguousarray(items, dtype=np.int32)
+        self.values = np.ascontiguousarray(values, dtype=np.float32)
+        if not (self.users.ndim == self.items.ndim == self.values.ndim == 1):
+            raise DataError("users, items and values must be one-dimensional arrays")
+        if not (len(self.users) == len(self.items) == len(self.values)):
+            raise DataError(
+                f"users, items and values must have the same length, got "
+                f"{len(self.users)}, {len(self.items)} and {len(self.values)}"
+            )
+        self.n_users = int(n_users if n_users is not None else (self.users.max() + 1 if self.nnz else 0))
+        self.n_items = int(n_items if n_items is not None else (self.items.max() + 1 if self.nnz else 0))
+        if self.nnz:
+            if self.users.min() < 0 or self.users.max() >= self.n_users:
+                raise DataError(f"user indices must lie in [0, {self.n_users})")
+            if self.items.min() < 0 or self.items.max() >= self.n_items:
+                raise DataError(f"item indices must lie in [0, {self.n_items})")
+        self.user_ids = np.arange(self.n_users) if user_ids is None else np.asarray(user_ids)
+        self.item_ids = np.arange(self.n_items) if item_ids is None else np.asarray(item_ids)
+        if len(self.user_ids) != self.n_users or len(self.item_ids) != self.n_items:
+            raise DataError("user_ids / item_ids must have one entry per user / item index")
+        self.timestamps = None if timestamps is None else np.ascontiguousarray(timestamps, dtype=np.int64)
+        if self.timestamps is not None and len(self.timestamps) != self.nnz:
+            raise DataError("timestamps must have one entry per interaction")
+        self.name = name
+        self.meta: dict = {}
+        self._csr: SparseView | None = None
+        self._csc: SparseView | None = None
+        self._user_lookup: dict | None = None
+        self._item_lookup: dict | None = None
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def nnz(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_users, self.n_items)
+
+    @property
+    def density(self) -> float:
+        cells = self.n_users * self.n_items
+        return self.nnz / cells if cells else 0.0
+
+    def __len__(self) -> int:
+        return self.nnz
+
+    def __repr__(self) -> str:
+        label = f" {self.name!r}" if self.name else ""
+        return (
+            f"<Interactions{label}: {self.n_users} users x {self.n_items} items, "
+            f"{self.nnz} entries ({100 * self.density:.3f}% dense)>"
+        )
+
+    @property
+    def csr(self) -> SparseView:
+        """Entries grouped by user (rows), items sorted within a user."""
+        if self._csr is None:
+            self._csr = _compress(self.users, self.items, self.values, self.n_users)
+        return self._csr
+
+    @property
+    def csc(self) -> SparseView:
+        """Entries grouped by item (columns), users sorted within an item."""
+        if self._csc is None:
+            self._csc = _compress(self.items, self.users, self.values, self.n_items)
+        return self._csc
+
+    def user_counts(self) -> np.ndarray:
+        """Number of entries of each user (length ``n_users``)."""
+        return np.bincount(self.users, minlength=self.n_users)
+
+    def item_counts(self) -> np.ndarray:
+        """Number of entries of each item (length ``n_items``)."""
+        return np.bincount(self.items, minlength=self.n_items)
+
+    def to_scipy(self, fmt: str = "csr"):
+        """The entries as a ``scipy.sparse`` matrix of shape ``(n_users, n_items)``."""
+        import scipy.sparse as sp
+
+        mat = sp.coo_matrix((self.values, (self.users, self.items)), shape=self.shape)
+        return mat.asformat(fmt)
+
+    # -------------------------------------------------------------- ID lookups
+    def user_index(self, ids) -> np.ndarray:
+        """Indices of original user IDs; -1 for IDs this dataset does not know."""
+        if self._user_lookup is None:
+            self._user_lookup = {k: j for j, k in enumerate(self.user_ids.tolist())}
+        return _lookup(self._user_lookup, ids)
+
+    def item_index(self, ids) -> np.ndarray:
+        """Indices of original item IDs; -1 for IDs this dataset does not know."""
+        if self._item_lookup is None:
+            self._item_lookup = {k: j for j, k in enumerate(self.item_ids.tolist())}
+        return _lookup(self._item_lookup, ids)
+
+    # ------------------------------------------------------------------ subsets
+    def subset(self, index, name: str | None = None) -> "Interactions":
+        """The entries selected by ``index`` (boolean mask or positions), same index space."""
+        index = np.asarray(index)
+        return Interactions(
+            self.users[index],
+            self.items[index],
+            self.values[index],
+            n_users=self.n_users,
+            n_items=self.n_items,
+            user_ids=self.user_ids,
+            item_ids=self.item_ids,
+            timestamps=None if self.timestamps is None else self.timestamps[index],
+            name=self.name if name is None else name,
+        )
+
+    def with_values(self, values, name: str | None = None) -> "Interactions":
+        """The same entries with other values (e.g. 1.0 for implicit feedback)."""
+        out = self.subset(np.arange(self.nnz), name)
+        out.values = np.ascontiguousarray(np.broadcast_to(values, (self.nnz,)), dtype=np.float32)
+        return out
+
+    # ------------------------------------------------------------ constructors
+    @classmethod
+    def from_arrays(
+        cls,
+        users,
+        items,
+        values=None,
+        *,
+        timestamps=None,
+        duplicates: str = "error",
+        name: str = "",
+        locate: Callable[[int], str] | None = None,
+    ) -> "Interactions":
+        """Build from arrays of original IDs (any integers or strings) and values.
+
+        ``values`` defaults to all ones (implicit feedback).  ``duplicates`` says
+        what to do with repeated (user, item) pairs: ``"error"`` (default, names
+        the first repeat), ``"mean"`` (average them) or ``"last"`` (keep the last).
+        ``locate(k)`` describes where entry ``k`` came from in error messages
+        (the file loaders pass one that names the file and line).
+        """
+        locate = locate or _default_locate
+        users = _as_id_array(users, "user", locate)
+        items = _as_id_array(items, "item", locate)
+        if values is None:
+            values = np.ones(len(users), dtype=np.float32)
+        values = np.asarray(values)
+        if not (len(users) == len(items) == len(values)):
+            raise DataError(
+                f"users, items and values must have the same length, got "
+                f"{len(users)}, {len(items)} and {len(values)}"
+            )
+        if len(users) == 0:
+            raise DataError(f"no interactions: the data{' ' + repr(name) if name else ''} is empty")
+        if values.dtype.kind not in "biuf":
+            try:
+                values = values.astype(np.float64)
+            except (TypeError, ValueError):
+                bad = _first_non_numeric(values)
+                raise DataError(f"{locate(bad)}: value {values[bad]!r} is not a number") from None
+        finite = np.isfinite(values)
+        if not finite.all():
+            bad = int(np.argmin(finite))
+            raise DataError(f"{locate(bad)}: value {values[bad]!r} is not a finite number")
+        if timestamps is not None:
+            timestamps = np.asarray(timestamps)
+        user_ids, u_idx = np.unique(users, return_inverse=True)
+        item_ids, i_idx = np.unique(items, return_inverse=True)
+        u_idx = u_idx.astype(np.int32).ravel()
+        i_idx = i_idx.astype(np.int32).ravel()
+        values = values.astype(np.float32)
+        u_idx, i_idx, values, timestamps = _resolve_duplicates(
+            u_idx, i_idx, values, timestamps, len(item_ids), duplicates, locate, user_ids, item_ids
+        )
+        return cls(
+            u_idx,
+            i_idx,
+            values,
+            n_users=len(user_ids),
+            n_items=len(item_ids),
+            user_ids=user_ids,
+            item_ids=item_ids,
+            timestamps=timestamps,
+            name=name,
+        )
+
+    @classmethod
+    def from_dataframe(
+        cls,
+        df,
+        user_col: str = "user",
+        item_col: str = "item",
+        rating_col: str | None = "rating",
+        time_col: str | None = None,
+        **kwargs,
+    ) -> "Interactions":
+        """Build from a pandas DataFrame with configurable column names.
+
+        ``rating_col=None`` makes implicit data (all values 1).
+        """
+        for col in (user_col, item_col, rating_col, time_col):
+            if col is not None and col not in df.columns:
+                raise DataError(f"column {col!r} not found; the columns are {list(df.columns)}")
+        kwargs.setdefault("locate", lambda k: f"row {k} (index {df.index[k]!r})")
+        return cls.from_arrays(
+            df[user_col].to_numpy(),
+            df[item_col].to_numpy(),
+            None if rating_col is None else df[rating_col].to_numpy(),
+            timestamps=None if time_col is None else df[time_col].to_numpy(),
+            **kwargs,
+        )
+
+    @classmethod
+    def from_scipy(cls, matrix, name: str = "", keep_zeros: bool = False) -> "Interactions":
+        """Build from a ``scipy.sparse`` matrix (rows = users, columns = items).
+
+        Explicitly stored zeros are dropped unless ``keep_zeros``; repeated
+        coordinates in a COO matrix are summed, as scipy does.
+        """
+        import scipy.sparse as sp
+
+        if not sp.issparse(matrix):
+            raise DataError(f"expected a scipy.sparse matrix, got {type(matrix).__name__}")
+        coo = sp.coo_matrix(matrix)
+        coo.sum_duplicates()
+        keep = np.ones(coo.nnz, dtype=bool) if keep_zeros else coo.data != 0
+        values = coo.data[keep]
+        if not np.isfinite(values).all():
+            bad = int(np.argmin(np.isfinite(values)))
+            r, c = int(coo.row[keep][bad]), int(coo.col[keep][bad])
+            raise DataError(f"matrix entry ({r}, {c}): value {values[bad]!r} is not a finite number")
+        if values.size == 0:
+            raise DataError("no interactions: the sparse matrix has no stored non-zero entries")
+        return cls(coo.row[keep], coo.col[keep], values, n_users=coo.shape[0], n_items=coo.shape[1], name=name)
+
+
+# ---------------------------------------------------------------------- helpers
+def _lookup(table: dict, ids) -> np.ndarray:
+    ids = np.atleast_1d(np.asarray(ids))
+    return np.fromiter((table.get(k, -1) for k in ids.tolist()), dtype=np.int64, count=len(ids))
+
+
+def _first_non_numeric(values: np.ndarray) -> int:
+    for k, v in enumerate(values.tolist()):
+        try:
+            float(v)
+        except (TypeError, ValueError):
+            return k
+    return 0
+
+
+def _as_id_array(ids, what: str, locate: Callable[[int], str]) -> np.ndarray:
+    """IDs as a numpy array of integers or strings, rejecting values that are neither."""
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise DataError(f"{what} IDs must be a one-dimensional array, got shape {arr.shape}")
+    kind = arr.dtype.kind
+    if kind in "iub":
+        if kind == "i" and len(arr) and arr.min() < 0:
+            bad = int(np.argmin(arr))
+            raise DataError(f"{locate(bad)}: {what} ID {arr[bad]} is negative")
+        return arr.astype(np.int64)
+    if kind == "f":
+        if len(arr):
+            bad_mask = ~np.isfinite(arr) | (arr != np.round(arr)) | (arr < 0)
+            if bad_mask.any():
+                bad = int(np.argmax(bad_mask))
+                raise DataError(f"{locate(bad)}: {what} ID {arr[bad]!r} is not a non-negative integer")
+        return arr.astype(np.int64)
+    if kind in "US":
+        return arr.astype(str)
+    if kind == "O":
+        # Mixed objects: accept if all are strings, or all integers.
+        values = arr.tolist()
+        if all(isinstance(v, str) for v in values):
+            return np.asarray(values, dtype=str)
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+            return _as_id_array(np.asarray(values, dtype=np.int64), what, locate)
+        bad = next(k for k, v in enumerate(values) if not isinstance(v, (str, int, np.integer)) or v is None)
+        raise DataError(f"{locate(bad)}: {what} ID {values[bad]!r} is neither an integer nor a string")
+    raise DataError(f"{what} IDs of dtype {arr.dtype} are not supported (use integers or strings)")
+
+
+def _resolve_duplicates(u, i, v, t, n_items, policy, locate, user_ids, item_ids):
+    if policy not in DUPLICATE_POLICIES:
+        raise DataError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {policy!r}")
+    key = u.astype(np.int64) * n_items + i
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    repeat = sorted_key[1:] == sorted_key[:-1]
+    if not repeat.any():
+        return u, i, v, t
+    if policy == "error":
+        # The first repeated entry in input order.
+        dup_positions = order[1:][repeat]
+        k = int(dup_positions.min())
+        first = int(order[np.searchsorted(sorted_key, key[k])])
+        raise DataError(
+            f"{locate(k)}: duplicate (user, item) pair ({user_ids[u[k]]!r}, {item_ids[i[k]]!r}), "
+            f"first seen at {locate(first)}; pass duplicates='mean' or 'last' to combine repeats"
+        )
+    starts = np.flatnonzero(np.r_[True, ~repeat])
+    if policy == "mean":
+        sums = np.add.reduceat(v[order].astype(np.float64), starts)
+        counts = np.diff(np.r_[starts, len(order)])
+        keep = order[starts]
+        new_v = (sums / counts).astype(np.float32)
+        new_t = None if t is None else np.maximum.reduceat(t[order], starts)
+    else:  # last: the stable sort keeps input order within a key
+        ends = np.r_[starts[1:], len(order)] - 1
+        keep = order[ends]
+        new_v = v[keep]
+        new_t = None if t is None else t[keep]
+    return u[keep], i[keep], new_v, new_t

@@ -1,0 +1,303 @@
+"""Numba kernels of the latent factor model (METHODS.md section 2).
+
+Plain functions over arrays, float32, parallel over rows with ``prange``.
+Every reduction is race-free without atomics: quantities indexed by users are
+accumulated in a sweep over the CSR view (one thread owns a user), quantities
+indexed by items in a sweep over the CSC view (one thread owns an item).  The
+same "side" kernels serve both sweeps: call them with (CSR, P, Q) for the user
+side and (CSC, Q, P) for the item side.
+
+Notation: ``indptr``/``indices`` of a view, ``w`` a per-entry array in that
+view's order, ``X`` the factors of the side being accumulated (rows = the view's
+major index), ``Y`` the factors of the other side, ``cnt`` the number of
+training entries of each row (the weights of the count-weighted L2 penalty).
+Bias arrays have length 0 when ``use_bias`` is False and are then never read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_JIT = dict(cache=True, fastmath=True, nogil=True)
+
+
+# ------------------------------------------------------------------ predictions
+@njit(parallel=True, **_JIT)
+def predict_entries(rows, cols, mu, bu, bi, P, Q, use_bias, out):
+    """out[k] = mu + bu[rows[k]] + bi[cols[k]] + P[rows[k]] . Q[cols[k]]."""
+    f = P.shape[1]
+    for k in prange(rows.shape[0]):
+        u = rows[k]
+        i = cols[k]
+        acc = np.float32(0.0)
+        for d in range(f):
+            acc += P[u, d] * Q[i, d]
+        if use_bias:
+            acc += bu[u] + bi[i]
+        out[k] = mu + acc
+
+
+@njit(parallel=True, **_JIT)
+def residuals(indptr, indices, data, mu, bu, bi, P, Q, use_bias, out):
+    """Residuals e = r - r_hat of every entry of a CSR view, in CSR order."""
+    f = P.shape[1]
+    for u in prange(indptr.shape[0] - 1):
+        for k in range(indptr[u], indptr[u + 1]):
+            i = indices[k]
+            acc = np.float32(0.0)
+            for d in range(f):
+                acc += P[u, d] * Q[i, d]
+            if use_bias:
+                acc += bu[u] + bi[i]
+            out[k] = data[k] - mu - acc
+
+
+@njit(parallel=True, **_JIT)
+def gather(src, perm, out):
+    """out[k] = src[perm[k]] (re-order a per-entry array from one view to another)."""
+    for k in prange(perm.shape[0]):
+        out[k] = src[perm[k]]
+
+
+# ------------------------------------------------------------ side accumulation
+@njit(parallel=True, **_JIT)
+def side_accumulate(indptr, indices, w, Y, scale, X, lam, b, lam_b, use_bias, out, out_b):
+    """For every row u of the view:
+
+    out[u]   = scale * sum_k w[k] Y[indices[k]] + lam * cnt_u * X[u]
+    out_b[u] = scale * sum_k w[k]               + lam_b * cnt_u * b[u]
+
+    With ``w = e, scale = -1, X = P`` this is the gradient of the objective;
+    with ``w = J v, scale = +1, X = V`` it is the Gauss-Newton product G v.
+    """
+    f = Y.shape[1]
+    for u in prange(indptr.shape[0] - 1):
+        start = indptr[u]
+        end = indptr[u + 1]
+        cnt = np.float32(end - start)
+        acc = np.zeros(f, dtype=np.float32)
+        sb = np.float32(0.0)
+        for k in range(start, end):
+            wk = w[k]
+            i = indices[k]
+            sb += wk
+            for d in range(f):
+                acc[d] += wk * Y[i, d]
+        reg = lam * cnt
+        for d in range(f):
+            out[u, d] = scale * acc[d] + reg * X[u, d]
+        if use_bias:
+            out_b[u] = scale * sb + lam_b * cnt * b[u]
+
+
+@njit(parallel=True, **_JIT)
+def jacobian_vector(indptr, indices, P, Q, vbu, vbi, VP, VQ, use_bias, out):
+    """The "hidden mapping" J v: s_ui = vb_u + vb_i + VP[u] . Q[i] + P[u] . VQ[i], CSR order."""
+    f = P.shape[1]
+    for u in prange(indptr.shape[0] - 1):
+        for k in range(indptr[u], indptr[u + 1]):
+            i = indices[k]
+            acc = np.float32(0.0)
+            for d in range(f):
+                acc += VP[u, d] * Q[i, d] + P[u, d] * VQ[i, d]
+            if use_bias:
+                acc += vbu[u] + vbi[i]
+            out[k] = acc
+
+
+@njit(parallel=True, **_JIT)
+def side_gn_diagonal(indptr, indices, Y, lam, lam_b, use_bias, out, out_b):
+    """Exact Gauss-Newton diagonal of one side: out[u, d] = sum_i Y[i, d]^2 + lam cnt_u."""
+    f = Y.shape[1]
+    for u in prange(indptr.shape[0] - 1):
+        start = indptr[u]
+        end = indptr[u + 1]
+        cnt = np.float32(end - start)
+        acc = np.zeros(f, dtype=np.float32)
+        for k in range(start, end):
+            i = indices[k]
+            for d in range(f):
+                acc[d] += Y[i, d] * Y[i, d]
+        for d in range(f):
+            out[u, d] = acc[d] + lam * cnt
+        if use_bias:
+            out_b[u] = cnt * (np.float32(1.0) + lam_b)
+
+
+@njit(parallel=True, **_JIT)
+def weighted_sq_norm(indptr, X):
+    """sum_u cnt_u * ||X[u]||^2 in float64 (for the penalty term of the loss)."""
+    total = 0.0
+    for u in prange(X.shape[0]):
+        cnt = indptr[u + 1] - indptr[u]
+        s = 0.0
+        for d in range(X.shape[1]):
+            s += X[u, d] * X[u, d]
+        total += cnt * s
+    return total
+
+
+@njit(parallel=True, **_JIT)
+def sum_squares(x):
+    total = 0.0
+    for k in prange(x.shape[0]):
+        total += x[k] * x[k]
+    return total
+
+
+# --------------------------------------------------------------------- SGD epoch
+@njit(**_JIT)
+def _splitmix(state):
+    state = (state + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+    z = state
+    z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+    z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+    return state, z ^ (z >> np.uint64(31))
+
+
+@njit(**_JIT)
+def _shuffle_range(perm, start, end, seed):
+    """Fisher-Yates shuffle of perm[start:end] with a counter-based generator."""
+    state = np.uint64(seed)
+    for k in range(end - 1, start, -1):
+        state, z = _splitmix(state)
+        j = start + np.int64(z % np.uint64(k - start + 1))
+        tmp = perm[k]
+        perm[k] = perm[j]
+        perm[j] = tmp
+
+
+@njit(parallel=True, **_JIT)
+def sgd_epoch(
+    rows, cols, vals, block_ptr, n_blocks, perm, seed, mu, bu, bi, P, Q, lr, lam, lam_b, use_bias
+):
+    """One epoch of per-entry SGD, parallel and race-free by stratification (DSGD).
+
+    Entries are grouped into ``n_blocks x n_blocks`` blocks by (user group, item
+    group); block (a, b) holds positions ``block_ptr[a * n_blocks + b] ..
+    block_ptr[a * n_blocks + b + 1]`` of ``rows/cols/vals``.  In sub-epoch s the
+    blocks (a, (a + s) mod n_blocks) share no user and no item, so threads update
+    them at once without races.  Within a block entries are visited in a fresh
+    random order (``perm`` is shuffled in place from ``seed``).  Per-visit L2
+    (``lam`` on factors, ``lam_b`` on biases) minimizes the count-weighted
+    objective.  Returns the sum of squared residuals seen during the epoch.
+    """
+    f = P.shape[1]
+    total = 0.0
+    for s in range(n_blocks):
+        for a in prange(n_blocks):
+            blk = a * n_blocks + (a + s) % n_blocks
+            start = block_ptr[blk]
+            end = block_ptr[blk + 1]
+            _shuffle_range(perm, start, end, seed * np.uint64(1000003) + np.uint64(blk))
+            sse = 0.0
+            for t in range(start, end):
+                k = perm[t]
+                u = rows[k]
+                i = cols[k]
+                pred = np.float32(0.0)
+                for d in range(f):
+                    pred += P[u, d] * Q[i, d]
+                if use_bias:
+                    pred += bu[u] + bi[i]
+                e = vals[k] - mu - pred
+                sse += e * e
+                if use_bias:
+                    bu[u] += lr * (e - lam_b * bu[u])
+                    bi[i] += lr * (e - lam_b * bi[i])
+                for d in range(f):
+                    pu = P[u, d]
+                    qi = Q[i, d]
+                    P[u, d] = pu + lr * (e * qi - lam * pu)
+                    Q[i, d] = qi + lr * (e * pu - lam * qi)
+            total += sse
+    return total
+
+
+# ------------------------------------------------------------- mini-batch oracle
+@njit(**_JIT)
+def batch_grad_diag(
+    rows, cols, vals, batch, mu, bu, bi, P, Q, lam, lam_b, use_bias, scale, want_diag,
+    g_bu, g_bi, g_P, g_Q, d_bu, d_bi, d_P, d_Q,
+):
+    """Unbiased estimate (x ``scale`` = |K|/|B|) of the gradient, and optionally of the
+    Gauss-Newton diagonal, from the entries ``batch`` (positions in rows/cols/vals).
+
+    Output arrays must be zero on entry; serial (race-free) over the batch.
+    Returns the batch's sum of squared residuals.
+    """
+    f = P.shape[1]
+    sse = 0.0
+    for t in range(batch.shape[0]):
+        k = batch[t]
+        u = rows[k]
+        i = cols[k]
+        pred = np.float32(0.0)
+        for d in range(f):
+            pred += P[u, d] * Q[i, d]
+        if use_bias:
+            pred += bu[u] + bi[i]
+        e = vals[k] - mu - pred
+        sse += e * e
+        se = scale * e
+        if use_bias:
+            g_bu[u] += -se + scale * lam_b * bu[u]
+            g_bi[i] += -se + scale * lam_b * bi[i]
+            if want_diag:
+                d_bu[u] += scale * (np.float32(1.0) + lam_b)
+                d_bi[i] += scale * (np.float32(1.0) + lam_b)
+        for d in range(f):
+            pu = P[u, d]
+            qi = Q[i, d]
+            g_P[u, d] += -se * qi + scale * lam * pu
+            g_Q[i, d] += -se * pu + scale * lam * qi
+            if want_diag:
+                d_P[u, d] += scale * (qi * qi + lam)
+                d_Q[i, d] += scale * (pu * pu + lam)
+    return sse
+
+
+# ----------------------------------------------------------------------- ALS
+@njit(parallel=True, **_JIT)
+def als_side(indptr, indices, data, mu, b_other, Y, lam, lam_b, use_bias, X, b_self):
+    """Closed-form ridge update of one side (rows of the view) with the other fixed.
+
+    Minimizes, for each row u, sum_k (r_k - mu - b_other[i] - b_u - x_u . y_i)^2
+    + lam cnt_u ||x_u||^2 + lam_b cnt_u b_u^2, exactly (the count-weighted
+    objective of METHODS.md section 2).  Rows with no entry are set to zero.
+    """
+    f = Y.shape[1]
+    g = f + 1 if use_bias else f
+    for u in prange(indptr.shape[0] - 1):
+        start = indptr[u]
+        end = indptr[u + 1]
+        n = end - start
+        if n == 0:
+            for d in range(f):
+                X[u, d] = 0.0
+            if use_bias:
+                b_self[u] = 0.0
+            continue
+        Z = np.empty((n, g), dtype=np.float64)
+        t = np.empty(n, dtype=np.float64)
+        for k in range(n):
+            i = indices[start + k]
+            target = data[start + k] - mu
+            if use_bias:
+                target -= b_other[i]
+                Z[k, f] = 1.0
+            for d in range(f):
+                Z[k, d] = Y[i, d]
+            t[k] = target
+        A = Z.T.copy() @ Z
+        rhs = Z.T.copy() @ t
+        for d in range(f):
+            A[d, d] += lam * n
+        if use_bias:
+            A[f, f] += lam_b * n
+        sol = np.linalg.solve(A, rhs)
+        for d in range(f):
+            X[u, d] = sol[d]
+        if use_bias:
+            b_self[u] = sol[f]

@@ -1,0 +1,32 @@
+"""Element-wise kernels over flat parameter vectors (parallel, float32)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_JIT = dict(cache=True, fastmath=True, nogil=True)
+
+
+@njit(parallel=True, **_JIT)
+def adaptive_moment_update(y, g, d, m, s, lr, beta1, beta2, eps, bc1, bc2):
+    """Adam-style step with second-moment source ``d`` (``d = g`` gives Adam).
+
+    m <- beta1 m + (1 - beta1) g;  s <- beta2 s + (1 - beta2) d^2;
+    y <- y - lr (m / bc1) / (sqrt(s / bc2) + eps)
+    """
+    for k in prange(y.shape[0]):
+        mk = beta1 * m[k] + (np.float32(1.0) - beta1) * g[k]
+        sk = beta2 * s[k] + (np.float32(1.0) - beta2) * d[k] * d[k]
+        m[k] = mk
+        s[k] = sk
+        y[k] -= lr * (mk / bc1) / (np.sqrt(sk / bc2) + eps)
+
+
+@njit(parallel=True, **_JIT)
+def dot(a, b):
+    """float64 accumulation of a . b."""
+    total = 0.0
+    for k in prange(a.shape[0]):
+        total += np.float64(a[k]) * np.float64(b[k])
+    return total

@@ -1,0 +1,184 @@
+"""Second-order optimizers: Hessian-free Gauss-Newton (SLF) and its sharpness-aware form (SSLF).
+
+Both are one class, :class:`HessianFree`: each epoch forms a quadratic model
+of the objective at a *model point* z (the current y for SLF; y + rho g/|g| for
+SSLF), solves (G(z) + gamma I) Delta = -g(z) by conjugate gradient with
+Gauss-Newton vector products only, and applies Delta to the unperturbed y.
+The damping gamma adapts Levenberg-Marquardt style from the ratio of actual
+to predicted decrease of the objective at y; a step that raises the loss is
+rejected and retried with more damping.  The sharpness-aware variant differs
+only in :meth:`HessianFree.model_point`, so rho = 0 gives SLF's iterates exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..kernels.vector import dot
+from .base import Optimizer, positive, register
+
+
+@dataclass
+class CGResult:
+    x: np.ndarray
+    iterations: int
+    relative_residual: float
+    #: x . (A x), from the recurrences (no extra product)
+    curvature: float
+
+
+def conjugate_gradient(
+    matvec: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    b: np.ndarray,
+    max_iter: int = 10,
+    tol: float = 1e-2,
+    precond: np.ndarray | None = None,
+) -> CGResult:
+    """Solve A x = b for symmetric positive definite A given only ``matvec(v, out)``.
+
+    Starts from x = 0; stops after ``max_iter`` products or when
+    ||b - A x|| <= tol ||b||.  ``precond`` is the diagonal of a Jacobi
+    preconditioner M (the iteration uses M^-1).  A direction of non-positive
+    curvature stops the iteration (it cannot happen for G + gamma I, gamma > 0).
+    """
+    x = np.zeros_like(b)
+    r = b.copy()
+    bnorm = np.sqrt(dot(b, b))
+    if bnorm == 0.0:
+        return CGResult(x, 0, 0.0, 0.0)
+    z = r / precond if precond is not None else r
+    p = z.copy()
+    rz = dot(r, z)
+    Ap = np.empty_like(b)
+    it = 0
+    rel = 1.0
+    for it in range(1, max_iter + 1):
+        matvec(p, Ap)
+        pAp = dot(p, Ap)
+        if not pAp > 0.0:
+            it -= 1
+            break
+        alpha = np.float32(rz / pAp)
+        x += alpha * p
+        r -= alpha * Ap
+        rel = np.sqrt(dot(r, r)) / bnorm
+        if rel <= tol:
+            break
+        z = r / precond if precond is not None else r
+        rz_new = dot(r, z)
+        p *= np.float32(rz_new / rz)
+        p += z
+        rz = rz_new
+    # A x = b - r  =>  x . A x = x . (b - r)
+    curvature = dot(x, b) - dot(x, r)
+    return CGResult(x, it, float(rel), float(curvature))
+
+
+@register("slf")
+class HessianFree(Optimizer):
+    """SLF: Hessian-free Gauss-Newton with CG and Levenberg-Marquardt damping.
+
+    Parameters
+    ----------
+    cg_iters : at most this many CG iterations (Gauss-Newton products) per step.
+    cg_tol : relative residual at which CG stops early.
+    damping : initial gamma; adapted every step (x ``boost`` when the model is
+        poor or the step rejected, x ``1/boost`` when it is good).
+    precondition : Jacobi (Gauss-Newton diagonal + gamma) preconditioning of CG.
+    max_retries : rejected steps retried with more damping within one epoch.
+    """
+
+    name = "slf"
+
+    def __init__(self, cg_iters: int = 10, cg_tol: float = 1e-2, damping: float = 1.0, boost: float = 1.5,
+                 precondition: bool = True, max_retries: int = 8, min_damping: float = 1e-4, seed: int = 0):
+        super().__init__(seed)
+        if int(cg_iters) != cg_iters or cg_iters < 1:
+            raise ConfigError(f"cg_iters must be a positive integer, got {cg_iters!r}")
+        self.cg_iters = int(cg_iters)
+        self.cg_tol = positive("cg_tol", cg_tol)
+        self.damping = positive("damping", damping)
+        self.boost = positive("boost", boost)
+        if self.boost <= 1.0:
+            raise ConfigError(f"boost must be > 1, got {boost!r}")
+        self.precondition = bool(precondition)
+        self.max_retries = int(max_retries)
+        self.min_damping = positive("min_damping", min_damping)
+        self._gamma = float(damping)
+        self._buf = None
+
+    # The only difference between SLF and SSLF.
+    def model_point(self, obj, y, g, work):
+        """Point at which the quadratic model (gradient and curvature) is formed."""
+        return y, g
+
+    def epoch(self, obj, y, epoch):
+        if self._buf is None:
+            self._buf = {k: np.empty_like(y) for k in ("g", "g2", "z", "tmp", "diag", "trial")}
+        b = self._buf
+        loss0 = obj.loss_grad(y, b["g"])
+        z, gz = self.model_point(obj, y, b["g"], b)
+        rhs = -gz
+        diag = obj.gn_diag(z, b["diag"]) if self.precondition else None
+        cg_total = 0
+        for attempt in range(self.max_retries + 1):
+            gamma = np.float32(self._gamma)
+
+            def matvec(v, out):
+                obj.gvp(z, v, out)
+                out += gamma * v
+                return out
+
+            pre = (diag + gamma) if diag is not None else None
+            res = conjugate_gradient(matvec, rhs, self.cg_iters, self.cg_tol, pre)
+            cg_total += res.iterations
+            delta = res.x
+            # model decrease: -(g.d + 1/2 d.G d), with d.G d = d.(G+gI)d - g|d|^2
+            dGd = res.curvature - float(gamma) * dot(delta, delta)
+            predicted = -(dot(gz, delta) + 0.5 * dGd)
+            trial = b["trial"]
+            np.add(y, delta, out=trial)
+            loss1 = obj.loss(trial)
+            actual = loss0 - loss1
+            ratio = actual / predicted if predicted > 0 else -np.inf
+            if ratio < 0.25 or not np.isfinite(loss1):
+                self._gamma *= self.boost
+            elif ratio > 0.75:
+                self._gamma = max(self._gamma / self.boost, self.min_damping)
+            if np.isfinite(loss1) and loss1 <= loss0:
+                y[:] = trial
+                return {"damping": float(gamma), "cg_iters": cg_total, "rho_lm": float(ratio), "rejected": attempt}
+        return {"damping": float(self._gamma), "cg_iters": cg_total, "rho_lm": float(ratio), "rejected": attempt + 1}
+
+
+@register("sslf")
+class SharpnessAwareHF(HessianFree):
+    """SSLF: SLF on the sharpness-aware objective max_{|eps| <= rho} L(y + eps).
+
+    eps = rho g / |g|; the gradient and the Gauss-Newton products are taken at
+    y + eps, the step is applied to y.  ``rho = 0`` reproduces SLF exactly.
+    """
+
+    name = "sslf"
+
+    def __init__(self, rho: float = 0.05, cg_iters: int = 10, cg_tol: float = 1e-2, damping: float = 1.0,
+                 boost: float = 1.5, precondition: bool = True, max_retries: int = 8, min_damping: float = 1e-4,
+                 seed: int = 0):
+        super().__init__(cg_iters, cg_tol, damping, boost, precondition, max_retries, min_damping, seed)
+        self.rho = positive("rho", rho, allow_zero=True)
+
+    def model_point(self, obj, y, g, work):
+        if self.rho == 0.0:
+            return y, g
+        gnorm = np.sqrt(dot(g, g))
+        if gnorm == 0.0:
+            return y, g
+        z = work["z"]
+        np.multiply(g, np.float32(self.rho / gnorm), out=z)
+        z += y
+        obj.loss_grad(z, work["g2"])
+        return z, work["g2"]
