@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from .errors import ConfigError, DataError, ModelFileError
 from .eval.metrics import rating_metrics
 from .models.lf import LFObjective
 from .optim.base import make_optimizer
+from .results import check_writable, to_jsonable, write_atomic
 from .train.trainer import Trainer
 
 FORMAT_TAG = "lfopt-latent-factor-model"
@@ -35,7 +35,9 @@ class LatentFactorModel:
         (``lam_b=None`` uses ``lam``).
     use_bias : include the global mean and user/item biases (False gives the
         plain model r_ui ~ p_u . q_i of the papers).
-    init_scale : factors start ~ N(0, init_scale^2 / rank).
+    init_scale : factors start ~ N(0, init_scale^2 / rank); None picks 0.1 for the
+        first-order optimizers and 1.0 for ALS and the second-order ones, whose
+        exact steps would otherwise shrink small factors to the zero saddle.
     seed : seeds the initialization and the optimizer's randomness.
     patience : early stopping on the validation RMSE (None: no early stopping).
     verbose : print one progress line per epoch (to stderr).
@@ -56,8 +58,8 @@ class LatentFactorModel:
     3
     """
 
-    def __init__(self, rank: int = 10, optimizer: str = "sgd", epochs: int = 40, lam: float = 0.05,
-                 lam_b: float | None = None, use_bias: bool = True, init_scale: float = 0.1, seed: int = 0,
+    def __init__(self, rank: int = 10, optimizer: str = "sgd", epochs: int = 40, lam: float = 0.02,
+                 lam_b: float | None = None, use_bias: bool = True, init_scale: float | None = None, seed: int = 0,
                  patience: int | None = 5, verbose: bool = False, **optimizer_options):
         self.rank = rank
         self.optimizer = optimizer
@@ -79,8 +81,13 @@ class LatentFactorModel:
             v = getattr(self, name)
             if v is not None and (not np.isfinite(v) or v < 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
-        if not np.isfinite(self.init_scale) or self.init_scale <= 0:
+        if self.init_scale is not None and (not np.isfinite(self.init_scale) or self.init_scale <= 0):
             raise ConfigError(f"init_scale must be > 0, got {self.init_scale!r}")
+
+    def effective_init_scale(self) -> float:
+        if self.init_scale is not None:
+            return float(self.init_scale)
+        return 1.0 if str(self.optimizer).lower() in ("als", "slf", "sslf", "adago") else 0.1
 
     def get_params(self) -> dict:
         params = {k: getattr(self, k) for k in ("rank", "optimizer", "epochs", "lam", "lam_b", "use_bias",
@@ -98,7 +105,7 @@ class LatentFactorModel:
             valid = self._aligned(valid, train, "valid")
         obj = LFObjective(train, self.rank, self.lam, self.lam_b, self.use_bias)
         opt = make_optimizer(self.optimizer, seed=self.seed, **self.optimizer_options)
-        y = obj.init_params(self.init_scale, self.seed)
+        y = obj.init_params(self.effective_init_scale(), self.seed)
         self.objective_ = obj
         self._set_state(obj, y, train)
         evaluate = None
@@ -270,12 +277,11 @@ class LatentFactorModel:
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+        check_writable(path, overwrite)
         meta = {
             "format": FORMAT_TAG, "format_version": FORMAT_VERSION, "lfopt_version": __version__,
-            "params": _jsonable(self.get_params()), "mu": self.mu_, "global_mean": self.global_mean_, "rating_range": list(self.rating_range_),
-            "n_users": self.n_users_, "n_items": self.n_items_, "history": _jsonable(getattr(self, "history_", [])),
+            "params": to_jsonable(self.get_params()), "mu": self.mu_, "global_mean": self.global_mean_, "rating_range": list(self.rating_range_),
+            "n_users": self.n_users_, "n_items": self.n_items_, "history": to_jsonable(getattr(self, "history_", [])),
         }
         arrays = {
             "params": self.params_, "user_ids": _id_array(self.user_ids_), "item_ids": _id_array(self.item_ids_),
@@ -283,19 +289,9 @@ class LatentFactorModel:
             "seen_indptr": self.seen_indptr_, "seen_indices": self.seen_indices_,
             _META_KEY: np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            if path.exists() and not overwrite:  # appeared meanwhile
-                raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return write_atomic(path, buf.getvalue(), overwrite)
 
 
 def load(path) -> LatentFactorModel:
@@ -346,13 +342,3 @@ def load(path) -> LatentFactorModel:
 def _id_array(ids: np.ndarray) -> np.ndarray:
     ids = np.asarray(ids)
     return ids.astype(str) if ids.dtype == object else ids
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj

@@ -34,14 +34,14 @@ class SyntheticInfo:
 def synthetic(
     n_users: int = 3000,
     n_items: int = 2000,
-    nnz: int = 240_000,
+    nnz: int = 500_000,
     rank: int = 5,
-    noise_std: float = 0.3,
+    noise_std: float = 0.5,
     mean: float = 3.5,
-    signal_std: float = 0.8,
+    signal_std: float = 1.0,
     bias_std: float = 0.3,
-    user_skew: float = 1.0,
-    item_skew: float = 1.2,
+    user_skew: float = 0.6,
+    item_skew: float = 0.8,
     round_to_scale: bool = False,
     scale: tuple[float, float] = (1.0, 5.0),
     seed: int = 0,
@@ -66,8 +66,8 @@ def synthetic(
     --------
     >>> from lfopt.data.synthetic import synthetic
     >>> data, info = synthetic(n_users=200, n_items=100, nnz=4000, return_info=True)
-    >>> data.shape, data.nnz, round(info.noise_std, 2)
-    ((200, 100), 4000, 0.3)
+    >>> data.shape, data.nnz, info.noise_std
+    ((200, 100), 4000, 0.5)
     """
     if min(n_users, n_items, rank) <= 0 or nnz <= 0:
         raise ConfigError("n_users, n_items, nnz and rank must be positive")
@@ -95,6 +95,7 @@ def synthetic(
     floor = float(np.sqrt(np.mean((values - clean) ** 2))) if round_to_scale else float(noise_std)
     data = Interactions(users, items, values, n_users=n_users, n_items=n_items, name="synthetic")
     data.meta["noise_floor"] = floor
+    data.meta["true_rank"] = int(rank)
     if not return_info:
         return data
     info = SyntheticInfo(rank, float(noise_std), float(mean), clean.astype(np.float32), floor, round_to_scale)

@@ -1,0 +1,1 @@
+"""Subcommands of the ``lfopt`` command line (one module each)."""

@@ -1,0 +1,134 @@
+"""``lfopt train``: fit a latent factor model and report test accuracy."""
+
+from __future__ import annotations
+
+import time
+
+from ..data.split import random_split
+from ..estimator import LatentFactorModel
+from ..optim.base import make_optimizer
+from ..results import check_writable, peak_memory_mb, write_json
+from .common import add_data_options, add_output_options, load_dataset, say, split_dataset
+
+OPTIMIZERS = ("sgd", "adam", "als", "adago", "slf", "sslf")
+
+# per-optimizer options exposed on the command line: (flag, dest, type, help)
+OPTIMIZER_FLAGS = [
+    ("--lr", "lr", float, "learning rate (sgd, adam, adago)"),
+    ("--decay", "decay", float, "sgd: multiply lr by this after every epoch"),
+    ("--batch-size", "batch_size", int, "adam/adago: entries per mini-batch (0 = full batch)"),
+    ("--damping", "damping", float, "adago: damping a added to the GN diagonal; slf/sslf: initial LM damping"),
+    ("--cg-iters", "cg_iters", int, "slf/sslf: at most this many CG iterations per step"),
+    ("--cg-tol", "cg_tol", float, "slf/sslf: relative residual at which CG stops"),
+    ("--rho", "rho", float, "sslf: radius of the sharpness-aware perturbation"),
+]
+
+
+def add_model_options(p) -> None:
+    g = p.add_argument_group("model and training")
+    g.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS, help="optimizer (default: sgd)")
+    g.add_argument("--rank", type=int, default=None,
+                   help="latent dimensions (default: 100 on files; on the synthetic data its true rank, 5)")
+    g.add_argument("--epochs", type=int, default=40, help="maximum epochs (default: 40)")
+    g.add_argument("--lambda", dest="lam", type=float, default=None,
+                   help="L2 strength of the factors, count-weighted (default: 0.02)")
+    g.add_argument("--lambda-bias", dest="lam_b", type=float, default=None, help="L2 of the biases (default: --lambda)")
+    g.add_argument("--no-bias", action="store_true", help="the plain model r = p.q (no mean and biases)")
+    g.add_argument("--init-scale", type=float, default=None,
+                   help="initial factor scale (default: 0.1 for sgd/adam, 1.0 for als/adago/slf/sslf)")
+    g.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (needs --valid-fraction)")
+    for flag, dest, typ, text in OPTIMIZER_FLAGS:
+        g.add_argument(flag, dest=dest, type=typ, default=None, help=text)
+    g.add_argument("--no-precondition", action="store_true", help="slf/sslf: plain CG without the Jacobi preconditioner")
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "train",
+        help="train a latent factor model and report test RMSE/MAE",
+        description="Train a latent factor model on a ratings file (or the built-in synthetic dataset), "
+        "evaluate it on a held-out test part and print a summary.",
+    )
+    add_data_options(p)
+    g = p.add_argument_group("split")
+    g.add_argument("--test-fraction", type=float, default=0.1, help="held-out test fraction (default: 0.1)")
+    g.add_argument("--valid-fraction", type=float, default=0.0,
+                   help="fraction of the training part held out for early stopping (default: 0, no early stop)")
+    g.add_argument("--seed", type=int, default=42, help="seed of the split, initialization and optimizer (default: 42)")
+    add_model_options(p)
+    add_output_options(p)
+    p.add_argument("--save", metavar="MODEL.npz", help="save the trained model")
+    return p
+
+
+def optimizer_options(args) -> dict:
+    """The optimizer hyper-parameters given on the command line, checked against the optimizer."""
+    opts = {dest: getattr(args, dest) for _, dest, _, _ in OPTIMIZER_FLAGS if getattr(args, dest) is not None}
+    if getattr(args, "no_precondition", False):
+        opts["precondition"] = False
+    make_optimizer(args.optimizer, **opts)  # validates names and values early
+    return opts
+
+
+def default_lambda(optimizer: str) -> float:
+    return 0.02
+
+
+def build_model(args, rank: int) -> LatentFactorModel:
+    lam = args.lam if args.lam is not None else default_lambda(args.optimizer)
+    return LatentFactorModel(rank=rank, optimizer=args.optimizer, epochs=args.epochs, lam=lam, lam_b=args.lam_b,
+                             use_bias=not args.no_bias, init_scale=args.init_scale, seed=args.seed,
+                             patience=args.patience, verbose=not args.quiet, **optimizer_options(args))
+
+
+def run(args) -> int:
+    for path in (args.output, args.save):
+        if path:
+            check_writable(path, args.overwrite)
+    data = load_dataset(args)
+    rank = args.rank if args.rank is not None else (data.meta.get("true_rank") or 100)
+    model = build_model(args, rank)
+    say(args, f"data: {data!r}")
+    train, test = split_dataset(data, args.test_fraction, args.seed)
+    valid = None
+    if args.valid_fraction > 0:
+        inner_train, valid = random_split(train, args.valid_fraction, args.seed + 1)
+        train = inner_train
+    t0 = time.perf_counter()
+    model.fit(train, valid)
+    seconds = time.perf_counter() - t0
+    scores = model.evaluate(test)
+    res = model.train_result_
+    summary = {
+        "data": args.data or "synthetic",
+        "n_users": data.n_users, "n_items": data.n_items, "n_ratings": data.nnz,
+        "n_train": train.nnz, "n_valid": 0 if valid is None else valid.nnz, "n_test": test.nnz,
+        "test_rmse": scores["rmse"], "test_mae": scores["mae"], "n_test_unseen": scores["n_unseen"],
+        "epochs": len(res.history), "best_epoch": res.best_epoch or len(res.history), "stopped": res.stopped,
+        "train_seconds": seconds, "seconds_per_epoch": seconds / max(1, len(res.history)),
+        "peak_memory_mb": peak_memory_mb(),
+        "options": {k: v for k, v in vars(args).items() if not k.startswith("_")} | {"rank": rank, "lambda": model.lam},
+        "history": res.history,
+    }
+    if "noise_floor" in data.meta:
+        summary["noise_floor"] = data.meta["noise_floor"]
+        summary["rmse_over_floor"] = scores["rmse"] / data.meta["noise_floor"]
+    if res.message:
+        summary["message"] = res.message
+    lines = [
+        f"optimizer {args.optimizer}, rank {rank}, lambda {model.lam}: {summary['epochs']} epochs "
+        f"({res.stopped}) in {seconds:.2f} s",
+        f"test RMSE {scores['rmse']:.4f}  MAE {scores['mae']:.4f}  on {test.nnz} ratings"
+        + (f" ({scores['n_unseen']} with unseen user/item, predicted from biases)" if scores["n_unseen"] else ""),
+    ]
+    if "noise_floor" in summary:
+        lines.append(f"noise floor {summary['noise_floor']:.4f}: RMSE is {summary['rmse_over_floor']:.3f} x the floor")
+    lines.append(f"peak memory {summary['peak_memory_mb']:.0f} MiB")
+    print("\n".join(lines))
+    if args.output:
+        write_json(args.output, summary, args.overwrite)
+        say(args, f"results written to {args.output}")
+    if args.save:
+        path = model.save(args.save, overwrite=args.overwrite)
+        say(args, f"model saved to {path}")
+    return 0
