@@ -54,6 +54,7 @@ Caveats, from reading the peers' sources:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import io
 import os
@@ -166,12 +167,12 @@ def run_libmf(train_u, train_i, train_r, test_u, test_i, test_r, rank=100, epoch
     ``use_bias`` and ``seed`` are ignored: LIBMF has no bias terms and no seed option.
     ``lr`` is LIBMF's initial AdaGrad rate ``eta`` (LIBMF's default 0.1).
     """
-    libmf = _require("libmf.mf", "libmf")
+    lm = _require("libmf.mf", "libmf")
     tu, ti, tr, su, si, sr = _arrays(train_u, train_i, train_r, test_u, test_i, test_r)
     if max(tu.max(), ti.max()) >= 2**24:
         raise ValueError("the libmf wrapper passes indices as float32: ids must be < 2**24")
     threads = threads or os.cpu_count() or 1
-    engine = libmf.MF(fun=libmf.P_L2_MFR, k=rank, nr_iters=epochs, eta=lr,
+    engine = lm.MF(fun=lm.P_L2_MFR, k=rank, nr_iters=epochs, eta=lr,
                       lambda_p1=0.0, lambda_q1=0.0, lambda_p2=lam, lambda_q2=lam,
                       nr_threads=threads, nr_bins=max(26, 2 * threads + 1), quiet=True)
     data = np.column_stack([tu, ti, tr]).astype(np.float32)
@@ -184,6 +185,9 @@ def run_libmf(train_u, train_i, train_r, test_u, test_i, test_r, rank=100, epoch
 
     # Users/items with no training rating have NaN factor rows (or lie beyond m, n).
     P, Q = engine.p_factors(), engine.q_factors()
+    model = ctypes.pointer(engine.model)  # free LIBMF's copy of P and Q (the wrapper never does)
+    lm.mf.mf_destroy_model(ctypes.byref(model))
+    engine.model = None
     u = np.where((su < len(P)) & ~np.isnan(P[np.minimum(su, len(P) - 1), 0]), su, -1)
     i = np.where((si < len(Q)) & ~np.isnan(Q[np.minimum(si, len(Q) - 1), 0]), si, -1)
     pred, n_unknown = _predict(u, i, P, Q, 0.0, fallback=float(tr.mean()))

@@ -92,18 +92,68 @@ def side_accumulate(indptr, indices, w, Y, scale, X, lam, b, lam_b, use_bias, ou
 
 
 @njit(parallel=True, **_JIT)
-def jacobian_vector(indptr, indices, P, Q, vbu, vbi, VP, VQ, use_bias, out):
-    """The "hidden mapping" J v: s_ui = vb_u + vb_i + VP[u] . Q[i] + P[u] . VQ[i], CSR order."""
+def residual_grad_rows(indptr, indices, data, mu, bu, bi, P, Q, lam, lam_b, use_bias, e_out, gP, gbu):
+    """Fused user-side sweep: residuals e (CSR order) and the user-side gradient.
+
+    e_k = r_k - r_hat_k;  gP[u] = -sum_k e_k Q[i_k] + lam cnt_u P[u];
+    gbu[u] = -sum_k e_k + lam_b cnt_u bu[u].
+    """
     f = P.shape[1]
     for u in prange(indptr.shape[0] - 1):
-        for k in range(indptr[u], indptr[u + 1]):
+        start = indptr[u]
+        end = indptr[u + 1]
+        cnt = np.float32(end - start)
+        acc = np.zeros(f, dtype=np.float32)
+        sb = np.float32(0.0)
+        for k in range(start, end):
             i = indices[k]
-            acc = np.float32(0.0)
+            pred = np.float32(0.0)
             for d in range(f):
-                acc += VP[u, d] * Q[i, d] + P[u, d] * VQ[i, d]
+                pred += P[u, d] * Q[i, d]
             if use_bias:
-                acc += vbu[u] + vbi[i]
-            out[k] = acc
+                pred += bu[u] + bi[i]
+            e = data[k] - mu - pred
+            e_out[k] = e
+            sb += e
+            for d in range(f):
+                acc[d] += e * Q[i, d]
+        reg = lam * cnt
+        for d in range(f):
+            gP[u, d] = reg * P[u, d] - acc[d]
+        if use_bias:
+            gbu[u] = lam_b * cnt * bu[u] - sb
+
+
+@njit(parallel=True, **_JIT)
+def jv_rows(indptr, indices, P, Q, vbu, vbi, VP, VQ, lam, lam_b, use_bias, s_out, OP, obu):
+    """Fused user-side sweep of the Gauss-Newton product.
+
+    s_k = (J v)_k = vbu[u] + vbi[i] + VP[u] . Q[i] + P[u] . VQ[i]  (stored, CSR order);
+    OP[u] = sum_k s_k Q[i_k] + lam cnt_u VP[u];  obu[u] = sum_k s_k + lam_b cnt_u vbu[u].
+    """
+    f = P.shape[1]
+    for u in prange(indptr.shape[0] - 1):
+        start = indptr[u]
+        end = indptr[u + 1]
+        cnt = np.float32(end - start)
+        acc = np.zeros(f, dtype=np.float32)
+        sb = np.float32(0.0)
+        for k in range(start, end):
+            i = indices[k]
+            sk = np.float32(0.0)
+            for d in range(f):
+                sk += VP[u, d] * Q[i, d] + P[u, d] * VQ[i, d]
+            if use_bias:
+                sk += vbu[u] + vbi[i]
+            s_out[k] = sk
+            sb += sk
+            for d in range(f):
+                acc[d] += sk * Q[i, d]
+        reg = lam * cnt
+        for d in range(f):
+            OP[u, d] = acc[d] + reg * VP[u, d]
+        if use_bias:
+            obu[u] = sb + lam_b * cnt * vbu[u]
 
 
 @njit(parallel=True, **_JIT)
@@ -279,8 +329,8 @@ def als_side(indptr, indices, data, mu, b_other, Y, lam, lam_b, use_bias, X, b_s
             if use_bias:
                 b_self[u] = 0.0
             continue
-        Z = np.empty((n, g), dtype=np.float64)
-        t = np.empty(n, dtype=np.float64)
+        Z = np.empty((n, g), dtype=np.float32)
+        t = np.empty(n, dtype=np.float32)
         for k in range(n):
             i = indices[start + k]
             target = data[start + k] - mu
@@ -290,8 +340,8 @@ def als_side(indptr, indices, data, mu, b_other, Y, lam, lam_b, use_bias, X, b_s
             for d in range(f):
                 Z[k, d] = Y[i, d]
             t[k] = target
-        A = Z.T.copy() @ Z
-        rhs = Z.T.copy() @ t
+        A = np.dot(Z.T, Z).astype(np.float64)
+        rhs = np.dot(Z.T, t).astype(np.float64)
         for d in range(f):
             A[d, d] += lam * n
         if use_bias:

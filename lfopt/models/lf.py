@@ -112,14 +112,16 @@ class LFObjective:
 
     def loss_grad(self, y: np.ndarray, g: np.ndarray) -> float:
         """Fill ``g`` with the gradient at ``y``; return the loss."""
-        e = self._residuals(y)
-        K.gather(e, self.csc_from_csr, self._e_csc)
         bu, bi, P, Q = self.unpack(y)
         gbu, gbi, gP, gQ = self.unpack(g)
+        e = self._e
+        K.residual_grad_rows(self.csr.indptr, self.csr.indices, self.csr.data, self.mu, bu, bi, P, Q, self.lam,
+                             self.lam_b, self.use_bias, e, gP, gbu)
+        K.gather(e, self.csc_from_csr, self._e_csc)
         m1 = np.float32(-1.0)
-        K.side_accumulate(self.csr.indptr, self.csr.indices, e, Q, m1, P, self.lam, bu, self.lam_b, self.use_bias, gP, gbu)
         K.side_accumulate(self.csc.indptr, self.csc.indices, self._e_csc, P, m1, Q, self.lam, bi, self.lam_b, self.use_bias, gQ, gbi)
-        return 0.5 * K.sum_squares(e) + self._penalty(y)
+        self.last_sse = float(K.sum_squares(e))
+        return 0.5 * self.last_sse + self._penalty(y)
 
     def gvp(self, y: np.ndarray, v: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Gauss-Newton product ``out = G(y) v`` by the hidden mapping (two sweeps of K)."""
@@ -127,10 +129,10 @@ class LFObjective:
         vbu, vbi, VP, VQ = self.unpack(v)
         obu, obi, OP, OQ = self.unpack(out)
         s = self._e  # reuse the residual buffer for s = J v
-        K.jacobian_vector(self.csr.indptr, self.csr.indices, P, Q, vbu, vbi, VP, VQ, self.use_bias, s)
+        K.jv_rows(self.csr.indptr, self.csr.indices, P, Q, vbu, vbi, VP, VQ, self.lam, self.lam_b, self.use_bias,
+                  s, OP, obu)
         K.gather(s, self.csc_from_csr, self._e_csc)
         one = np.float32(1.0)
-        K.side_accumulate(self.csr.indptr, self.csr.indices, s, Q, one, VP, self.lam, vbu, self.lam_b, self.use_bias, OP, obu)
         K.side_accumulate(self.csc.indptr, self.csc.indices, self._e_csc, P, one, VQ, self.lam, vbi, self.lam_b, self.use_bias, OQ, obi)
         return out
 
