@@ -164,7 +164,7 @@ def test_divergence_is_detected_and_last_good_parameters_kept():
 def test_early_stopping_restores_the_best_epoch():
     data = synthetic(n_users=200, n_items=150, nnz=6000, noise_std=0.8, seed=5)
     train, valid = lfopt.random_split(data, 0.2, seed=0)
-    model = lfopt.LatentFactorModel(rank=30, optimizer="als", epochs=40, lam=0.001, patience=3).fit(train, valid)
+    model = lfopt.LatentFactorModel(rank=40, optimizer="sgd", lr=0.05, epochs=200, lam=0.0, patience=3).fit(train, valid)
     res = model.train_result_
     assert res.stopped == "early_stop"
     assert res.best_epoch < len(model.history_)
