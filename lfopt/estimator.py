@@ -15,7 +15,7 @@ from .errors import ConfigError, DataError, ModelFileError
 from .eval.metrics import rating_metrics
 from .models.lf import LFObjective
 from .optim.base import make_optimizer
-from .results import check_writable, to_jsonable, write_atomic
+from .results import check_writable, model_path, to_jsonable, write_atomic
 from .train.trainer import Trainer
 
 FORMAT_TAG = "lfopt-latent-factor-model"
@@ -96,8 +96,13 @@ class LatentFactorModel:
         return params
 
     # --------------------------------------------------------------- training
-    def fit(self, train: Interactions, valid: Interactions | None = None) -> "LatentFactorModel":
-        """Train on ``train``; with ``valid``, evaluate each epoch and stop early."""
+    def fit(self, train: Interactions, valid: Interactions | None = None, callback=None) -> "LatentFactorModel":
+        """Train on ``train``; with ``valid``, evaluate each epoch and stop early.
+
+        ``callback(row, model)``, if given, runs after every epoch with that
+        epoch's history record (which it may extend) and the model holding the
+        current parameters, e.g. to track a test metric for plots.
+        """
         self._check_params()
         if not isinstance(train, Interactions):
             raise DataError(f"train must be an lfopt.Interactions, got {type(train).__name__}")
@@ -116,7 +121,15 @@ class LatentFactorModel:
                 self.params_ = params
                 return self._score_indices(rows, cols, truth)
 
-        trainer = Trainer(self.epochs, self.patience if valid is not None else None, verbose=self.verbose)
+        hook = None
+        if callback is not None:
+
+            def hook(row, params):
+                self.params_ = params
+                callback(row, self)
+
+        trainer = Trainer(self.epochs, self.patience if valid is not None else None, verbose=self.verbose,
+                          callback=hook)
         result = trainer.run(obj, opt, y, evaluate)
         self.params_ = y
         self.history_ = result.history
@@ -274,9 +287,7 @@ class LatentFactorModel:
         Refuses to replace an existing file unless ``overwrite=True``.
         """
         self._check_fitted()
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_name(path.name + ".npz")
+        path = model_path(path)
         check_writable(path, overwrite)
         meta = {
             "format": FORMAT_TAG, "format_version": FORMAT_VERSION, "lfopt_version": __version__,

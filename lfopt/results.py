@@ -17,11 +17,17 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def model_path(path) -> Path:
+    """Where a model is saved: ``path`` with ``.npz`` appended unless it has it."""
+    path = Path(path)
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
 def check_writable(path, overwrite: bool) -> Path:
     """Fail early (before a long job) if ``path`` exists and may not be replaced."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite on the command line) to replace it")
     if path.exists() and path.is_dir():
         raise FileExistsError(f"{path} is a directory")
     return path
@@ -35,6 +41,10 @@ def write_atomic(path, data: bytes, overwrite: bool = False) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        # mkstemp creates 0600; give the file the permissions a plain open() would
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -7,7 +7,7 @@ import time
 from ..data.split import random_split
 from ..estimator import LatentFactorModel
 from ..optim.base import make_optimizer
-from ..results import check_writable, peak_memory_mb, write_json
+from ..results import check_writable, model_path, peak_memory_mb, write_json
 from .common import add_data_options, add_output_options, load_dataset, say, split_dataset
 
 OPTIMIZERS = ("sgd", "adam", "als", "adago", "slf", "sslf")
@@ -82,7 +82,7 @@ def build_model(args, rank: int) -> LatentFactorModel:
 
 
 def run(args) -> int:
-    for path in (args.output, args.save):
+    for path in (args.output, args.save and model_path(args.save)):
         if path:
             check_writable(path, args.overwrite)
     data = load_dataset(args)

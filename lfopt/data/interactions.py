@@ -51,6 +51,13 @@ def _compress(major: np.ndarray, minor: np.ndarray, values: np.ndarray, n_major:
     )
 
 
+def show(value) -> str:
+    """repr of a value for error messages, without numpy's type wrappers (``np.float64(inf)``)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return repr(value)
+
+
 def _default_locate(k: int) -> str:
     return f"entry {k}"
 
@@ -242,11 +249,11 @@ class Interactions:
                 values = values.astype(np.float64)
             except (TypeError, ValueError):
                 bad = _first_non_numeric(values)
-                raise DataError(f"{locate(bad)}: value {values[bad]!r} is not a number") from None
+                raise DataError(f"{locate(bad)}: value {show(values[bad])} is not a number") from None
         finite = np.isfinite(values)
         if not finite.all():
             bad = int(np.argmin(finite))
-            raise DataError(f"{locate(bad)}: value {values[bad]!r} is not a finite number")
+            raise DataError(f"{locate(bad)}: value {show(values[bad])} is not a finite number")
         if timestamps is not None:
             timestamps = np.asarray(timestamps)
         user_ids, u_idx = np.unique(users, return_inverse=True)
@@ -286,7 +293,7 @@ class Interactions:
         for col in (user_col, item_col, rating_col, time_col):
             if col is not None and col not in df.columns:
                 raise DataError(f"column {col!r} not found; the columns are {list(df.columns)}")
-        kwargs.setdefault("locate", lambda k: f"row {k} (index {df.index[k]!r})")
+        kwargs.setdefault("locate", lambda k: f"row {k} (index {show(df.index[k])})")
         return cls.from_arrays(
             df[user_col].to_numpy(),
             df[item_col].to_numpy(),
@@ -313,7 +320,7 @@ class Interactions:
         if not np.isfinite(values).all():
             bad = int(np.argmin(np.isfinite(values)))
             r, c = int(coo.row[keep][bad]), int(coo.col[keep][bad])
-            raise DataError(f"matrix entry ({r}, {c}): value {values[bad]!r} is not a finite number")
+            raise DataError(f"matrix entry ({r}, {c}): value {show(values[bad])} is not a finite number")
         if values.size == 0:
             raise DataError("no interactions: the sparse matrix has no stored non-zero entries")
         return cls(coo.row[keep], coo.col[keep], values, n_users=coo.shape[0], n_items=coo.shape[1], name=name)
@@ -350,7 +357,7 @@ def _as_id_array(ids, what: str, locate: Callable[[int], str]) -> np.ndarray:
             bad_mask = ~np.isfinite(arr) | (arr != np.round(arr)) | (arr < 0)
             if bad_mask.any():
                 bad = int(np.argmax(bad_mask))
-                raise DataError(f"{locate(bad)}: {what} ID {arr[bad]!r} is not a non-negative integer")
+                raise DataError(f"{locate(bad)}: {what} ID {show(arr[bad])} is not a non-negative integer")
         return arr.astype(np.int64)
     if kind in "US":
         return arr.astype(str)
@@ -361,8 +368,13 @@ def _as_id_array(ids, what: str, locate: Callable[[int], str]) -> np.ndarray:
             return np.asarray(values, dtype=str)
         if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
             return _as_id_array(np.asarray(values, dtype=np.int64), what, locate)
-        bad = next(k for k, v in enumerate(values) if not isinstance(v, (str, int, np.integer)) or v is None)
-        raise DataError(f"{locate(bad)}: {what} ID {values[bad]!r} is neither an integer nor a string")
+        bad = next((k for k, v in enumerate(values) if not isinstance(v, (str, int, np.integer)) or isinstance(v, bool)),
+                   None)
+        if bad is not None:
+            raise DataError(f"{locate(bad)}: {what} ID {show(values[bad])} is neither an integer nor a string")
+        first = isinstance(values[0], str)
+        bad = next(k for k, v in enumerate(values) if isinstance(v, str) != first)
+        raise DataError(f"{locate(bad)}: {what} ID {show(values[bad])} mixes integer and string IDs in one column")
     raise DataError(f"{what} IDs of dtype {arr.dtype} are not supported (use integers or strings)")
 
 
@@ -381,7 +393,7 @@ def _resolve_duplicates(u, i, v, t, n_items, policy, locate, user_ids, item_ids)
         k = int(dup_positions.min())
         first = int(order[np.searchsorted(sorted_key, key[k])])
         raise DataError(
-            f"{locate(k)}: duplicate (user, item) pair ({user_ids[u[k]]!r}, {item_ids[i[k]]!r}), "
+            f"{locate(k)}: duplicate (user, item) pair ({show(user_ids[u[k]])}, {show(item_ids[i[k]])}), "
             f"first seen at {locate(first)}; pass duplicates='mean' or 'last' to combine repeats"
         )
     starts = np.flatnonzero(np.r_[True, ~repeat])

@@ -80,15 +80,16 @@ def load(path, format: str | None = None, *, columns=None, duplicates: str = "er
         raise DataError(f"{path}: is a directory, expected a ratings file")
     fmt = (format or detect_format(path)).lower()
     if fmt not in FORMATS:
-        raise DataError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        raise DataError(f"{path}: unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if fmt == "monti":
         return load_monti(path)
     if fmt == "parquet":
-        return _from_table(_read_parquet(path), path, columns, duplicates, implicit, header_lines=None)
+        table = _read_parquet(path)
+        return _from_table(table, path, columns or _guess_columns(table.columns, path), duplicates, implicit, None)
     if fmt in ("ml-1m", "ml-10m"):
         raw = _read_bytes(path).replace(b"::", b"\t")
         table = _read_delimited(path, raw, sep="\t", header=False)
-        return _from_table(table, path, _positional(table, columns), duplicates, implicit, 0, integer_ids=True)
+        return _from_table(table, path, _positional(table, columns, path), duplicates, implicit, 0, integer_ids=True)
     if fmt in ("ml-20m", "ml-25m"):
         table = _read_delimited(path, _read_bytes(path), sep=",", header=True)
         cols = columns or {"user": "userId", "item": "movieId", "rating": "rating", "timestamp": "timestamp"}
@@ -96,7 +97,7 @@ def load(path, format: str | None = None, *, columns=None, duplicates: str = "er
     if fmt in ("ml-100k", "tsv"):
         table = _read_delimited(path, _read_bytes(path), sep=r"\s+", header=False)
         ids_int = fmt == "ml-100k"
-        return _from_table(table, path, _positional(table, columns), duplicates, implicit, 0, integer_ids=ids_int)
+        return _from_table(table, path, _positional(table, columns, path), duplicates, implicit, 0, integer_ids=ids_int)
     # csv with a header
     table = _read_delimited(path, _read_bytes(path), sep=",", header=True)
     if columns is None:
@@ -131,7 +132,7 @@ def load_monti(path) -> Interactions:
     values = M[rows, cols]
     if not np.isfinite(values).all():
         k = int(np.argmin(np.isfinite(values)))
-        raise DataError(f"{path}: M[{rows[k]}, {cols[k]}] = {values[k]!r} is not a finite number")
+        raise DataError(f"{path}: M[{rows[k]}, {cols[k]}] = {values[k].item()!r} is not a finite number")
     data = Interactions(rows, cols, values, n_users=M.shape[0], n_items=M.shape[1], name=path.stem)
     data.meta["test_mask"] = test[rows, cols]
     data.meta["source"] = str(path)
@@ -191,13 +192,13 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: not a readable Parquet file: {exc}") from None
 
 
-def _positional(table: pd.DataFrame, columns) -> dict:
+def _positional(table: pd.DataFrame, columns, path) -> dict:
     if columns is not None:
         return columns
     ncol = table.shape[1]
     if ncol < 2 or ncol > 4:
         raise DataError(
-            f"expected 2 to 4 fields per line (user, item[, rating[, timestamp]]), found {ncol}"
+            f"{path}: expected 2 to 4 fields per line (user, item[, rating[, timestamp]]), found {ncol}"
         )
     return {name: k for k, name in enumerate(FIELD_NAMES[:ncol])}
 
@@ -276,23 +277,28 @@ def _checked_column(series: pd.Series, field: str, locate, table, integer_ids: b
     if missing.any():
         k = int(np.argmax(missing))
         raise DataError(f"{locate(k)}, {where}: missing value")
+    numeric_dtype = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
     if field in ("user", "item"):
-        if series.dtype == object:
+        if not numeric_dtype:
+            text = series.astype(str)
             if integer_ids:
-                numeric = pd.to_numeric(series, errors="coerce").to_numpy()
-                k = int(np.argmax(np.isnan(numeric)))
-                raise DataError(f"{locate(k)}, {where}: {field} ID {series.iloc[k]!r} is not an integer")
-            return series.astype(str).to_numpy()
+                # the first value that is not a plain non-negative integer, or overflows int64
+                ok = text.str.fullmatch(r"\s*\d{1,18}\s*").to_numpy()
+                k = int(np.argmin(ok)) if not ok.all() else 0
+                raise DataError(f"{locate(k)}, {where}: {field} ID {text.iloc[k]!r} is not a non-negative integer")
+            return text.to_numpy()
         return series.to_numpy()  # integer or float; float IDs are checked later
-    if series.dtype == object:
-        numeric = pd.to_numeric(series, errors="coerce").to_numpy()
+    if not numeric_dtype:
+        numeric = pd.to_numeric(series.astype(str), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         bad = np.isnan(numeric)
-        k = int(np.argmax(bad))
-        raise DataError(f"{locate(k)}, {where}: {series.iloc[k]!r} is not a number")
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise DataError(f"{locate(k)}, {where}: {str(series.iloc[k])!r} is not a number")
+        series = pd.Series(numeric, name=series.name)
     arr = series.to_numpy()
     if field == "rating":
         finite = np.isfinite(arr)
         if not finite.all():
             k = int(np.argmin(finite))
-            raise DataError(f"{locate(k)}, {where}: {arr[k]!r} is not a finite number")
+            raise DataError(f"{locate(k)}, {where}: {arr[k].item()!r} is not a finite number")
     return arr

@@ -88,15 +88,23 @@ class HessianFree(Optimizer):
     cg_tol : relative residual at which CG stops early.
     damping : initial gamma; adapted every step (x ``boost`` when the model is
         poor or the step rejected, x ``1/boost`` when it is good).
-    precondition : Jacobi (Gauss-Newton diagonal + gamma) preconditioning of CG.
+    precondition : Jacobi (Gauss-Newton diagonal + damping) preconditioning of CG.
     max_retries : rejected steps retried with more damping within one epoch.
+    damping_mode : ``"identity"`` solves (G + gamma I) Delta = -g as in METHODS.md;
+        ``"marquardt"`` solves (G + gamma diag(G)) Delta = -g, which damps every
+        row relative to its own curvature (rows of the LF model differ by orders
+        of magnitude in their number of entries).
     """
 
     name = "slf"
 
     def __init__(self, cg_iters: int = 10, cg_tol: float = 1e-2, damping: float = 1.0, boost: float = 1.5,
-                 precondition: bool = True, max_retries: int = 8, min_damping: float = 1e-4, seed: int = 0):
+                 precondition: bool = True, max_retries: int = 8, min_damping: float = 1e-4,
+                 damping_mode: str = "identity", seed: int = 0):
         super().__init__(seed)
+        if damping_mode not in ("identity", "marquardt"):
+            raise ConfigError(f"damping_mode must be 'identity' or 'marquardt', got {damping_mode!r}")
+        self.damping_mode = damping_mode
         if int(cg_iters) != cg_iters or cg_iters < 1:
             raise ConfigError(f"cg_iters must be a positive integer, got {cg_iters!r}")
         self.cg_iters = int(cg_iters)
@@ -123,22 +131,37 @@ class HessianFree(Optimizer):
         loss0 = obj.loss_grad(y, b["g"])
         z, gz = self.model_point(obj, y, b["g"], b)
         rhs = -gz
-        diag = obj.gn_diag(z, b["diag"]) if self.precondition else None
+        marquardt = self.damping_mode == "marquardt"
+        diag = obj.gn_diag(z, b["diag"]) if (self.precondition or marquardt) else None
+        if diag is not None:
+            # rows without training entries have a zero diagonal (and zero gradient)
+            np.maximum(diag, np.float32(1e-6), out=diag)
         cg_total = 0
         for attempt in range(self.max_retries + 1):
             gamma = np.float32(self._gamma)
+            # damping matrix D: the identity, or diag(G) (Marquardt)
+            if marquardt:
 
-            def matvec(v, out):
-                obj.gvp(z, v, out)
-                out += gamma * v
-                return out
+                def matvec(v, out):
+                    obj.gvp(z, v, out)
+                    out += gamma * diag * v
+                    return out
 
-            pre = (diag + gamma) if diag is not None else None
+                pre = (1 + gamma) * diag if self.precondition else None
+            else:
+
+                def matvec(v, out):
+                    obj.gvp(z, v, out)
+                    out += gamma * v
+                    return out
+
+                pre = (diag + gamma) if self.precondition else None
             res = conjugate_gradient(matvec, rhs, self.cg_iters, self.cg_tol, pre)
             cg_total += res.iterations
             delta = res.x
-            # model decrease: -(g.d + 1/2 d.G d), with d.G d = d.(G+gI)d - g|d|^2
-            dGd = res.curvature - float(gamma) * dot(delta, delta)
+            # model decrease: -(g.d + 1/2 d.G d), with d.G d = d.(G + gamma D)d - gamma d.D d
+            dDd = dot(delta * diag, delta) if marquardt else dot(delta, delta)
+            dGd = res.curvature - float(gamma) * dDd
             predicted = -(dot(gz, delta) + 0.5 * dGd)
             trial = b["trial"]
             np.add(y, delta, out=trial)
@@ -167,8 +190,9 @@ class SharpnessAwareHF(HessianFree):
 
     def __init__(self, rho: float = 0.05, cg_iters: int = 10, cg_tol: float = 1e-2, damping: float = 1.0,
                  boost: float = 1.5, precondition: bool = True, max_retries: int = 8, min_damping: float = 1e-4,
-                 seed: int = 0):
-        super().__init__(cg_iters, cg_tol, damping, boost, precondition, max_retries, min_damping, seed)
+                 damping_mode: str = "identity", seed: int = 0):
+        super().__init__(cg_iters, cg_tol, damping, boost, precondition, max_retries, min_damping, damping_mode,
+                         seed)
         self.rho = positive("rho", rho, allow_zero=True)
 
     def model_point(self, obj, y, g, work):

@@ -104,10 +104,10 @@ class Trainer:
             for k, v in info.items():
                 if isinstance(v, (int, float, np.floating, np.integer)):
                     row[k] = float(v)
-            res.history.append(row)
-            self._say(_progress_line(row))
             if self.callback is not None:
                 self.callback(row, y)
+            res.history.append(row)
+            self._say(_progress_line(row))
             if self.patience is not None and evaluate is not None and since_best >= self.patience:
                 res.stopped = "early_stop"
                 break
@@ -127,5 +127,7 @@ def _progress_line(row: dict) -> str:
         parts.append(f"valid_rmse {row['valid_rmse']:.4f}")
     if "valid_mae" in row:
         parts.append(f"valid_mae {row['valid_mae']:.4f}")
+    if "test_rmse" in row:
+        parts.append(f"test_rmse {row['test_rmse']:.4f}")
     parts.append(f"{row['seconds']:.2f}s")
     return "  ".join(parts)
