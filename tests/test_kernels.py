@@ -152,3 +152,33 @@ def test_als_half_step_is_the_exact_minimizer(use_bias):
         assert np.abs(gbi).max() < 1e-3 * scale
     # and the user side is not (it was solved against the old items): the check can fail
     assert np.abs(gP).max() > 1e-3 * scale
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_step_polynomial_is_the_exact_loss_along_a_line(use_bias):
+    data, obj, y = _setup(use_bias)
+    direction = (0.3 * np.random.default_rng(1).standard_normal(y.size)).astype(np.float32)
+    coef = obj.step_polynomial(y, direction)
+    for t in (0.0, 0.3, 1.0, 2.5):
+        assert np.polynomial.Polynomial(coef)(t) == pytest.approx(obj.loss((y + t * direction).astype(np.float32)),
+                                                                 rel=1e-5)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_block_preconditioner_inverts_the_per_row_blocks_of_g(use_bias):
+    data, obj, y = _setup(use_bias)
+    predict, _, reg_diag = _torch_model(data, obj)
+    J = torch.autograd.functional.jacobian(predict, torch.tensor(y.astype(np.float64))).numpy()
+    shift = 0.7
+    G = J.T @ J + np.diag(reg_diag) + shift * np.eye(y.size)
+    # index sets of each user's / item's block: its factors, then its bias
+    m, n, f, nb = obj.m, obj.n, obj.f, obj.n_bias
+    blocks = [list(range(nb + u * f, nb + (u + 1) * f)) + ([u] if nb else []) for u in range(m)]
+    blocks += [list(range(nb + m * f + i * f, nb + m * f + (i + 1) * f)) + ([m + i] if nb else []) for i in range(n)]
+    M = np.zeros_like(G)
+    for idx in blocks:
+        M[np.ix_(idx, idx)] = G[np.ix_(idx, idx)]
+    r = np.random.default_rng(2).standard_normal(y.size).astype(np.float32)
+    out = np.zeros_like(r)
+    obj.block_preconditioner(y, shift=shift)(r, out)
+    assert _rel(out, np.linalg.solve(M, r.astype(np.float64))) < 1e-4

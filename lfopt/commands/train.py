@@ -39,7 +39,8 @@ def add_model_options(p) -> None:
     g.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (needs --valid-fraction)")
     for flag, dest, typ, text in OPTIMIZER_FLAGS:
         g.add_argument(flag, dest=dest, type=typ, default=None, help=text)
-    g.add_argument("--no-precondition", action="store_true", help="slf/sslf: plain CG without the Jacobi preconditioner")
+    g.add_argument("--precondition", choices=("block", "jacobi", "none"), default=None,
+                   help="slf/sslf: CG preconditioner (default: block, the per-user/per-item GN blocks)")
 
 
 def add_parser(sub):
@@ -64,8 +65,8 @@ def add_parser(sub):
 def optimizer_options(args) -> dict:
     """The optimizer hyper-parameters given on the command line, checked against the optimizer."""
     opts = {dest: getattr(args, dest) for _, dest, _, _ in OPTIMIZER_FLAGS if getattr(args, dest) is not None}
-    if getattr(args, "no_precondition", False):
-        opts["precondition"] = False
+    if getattr(args, "precondition", None):
+        opts["precondition"] = args.precondition
     make_optimizer(args.optimizer, **opts)  # validates names and values early
     return opts
 

@@ -157,6 +157,47 @@ def jv_rows(indptr, indices, P, Q, vbu, vbi, VP, VQ, lam, lam_b, use_bias, s_out
 
 
 @njit(parallel=True, **_JIT)
+def step_polynomial(indptr, indices, data, mu, bu, bi, P, Q, dbu, dbi, DP, DQ, use_bias):
+    """Sums that give the data term of L(y + t D) as a quartic polynomial in t.
+
+    For the bilinear model the residual along a direction D is exactly
+    e(t) = e - t s - t^2 c with s = J D (the hidden mapping) and
+    c_ui = DP[u] . DQ[i].  Returns (sum e^2, sum e s, sum e c, sum s^2, sum s c,
+    sum c^2) in float64, from one sweep of the CSR view.
+    """
+    f = P.shape[1]
+    ee = 0.0
+    es = 0.0
+    ec = 0.0
+    ss = 0.0
+    sc = 0.0
+    cc = 0.0
+    for u in prange(indptr.shape[0] - 1):
+        for k in range(indptr[u], indptr[u + 1]):
+            i = indices[k]
+            pred = np.float32(0.0)
+            sk = np.float32(0.0)
+            ck = np.float32(0.0)
+            for d in range(f):
+                pred += P[u, d] * Q[i, d]
+                sk += DP[u, d] * Q[i, d] + P[u, d] * DQ[i, d]
+                ck += DP[u, d] * DQ[i, d]
+            if use_bias:
+                pred += bu[u] + bi[i]
+                sk += dbu[u] + dbi[i]
+            e = np.float64(data[k] - mu - pred)
+            s64 = np.float64(sk)
+            c64 = np.float64(ck)
+            ee += e * e
+            es += e * s64
+            ec += e * c64
+            ss += s64 * s64
+            sc += s64 * c64
+            cc += c64 * c64
+    return ee, es, ec, ss, sc, cc
+
+
+@njit(parallel=True, **_JIT)
 def side_gn_diagonal(indptr, indices, Y, lam, lam_b, use_bias, out, out_b):
     """Exact Gauss-Newton diagonal of one side: out[u, d] = sum_i Y[i, d]^2 + lam cnt_u."""
     f = Y.shape[1]
@@ -309,13 +350,48 @@ def batch_grad_diag(
 
 
 # ----------------------------------------------------------------------- ALS
+@njit(**_JIT)
+def cholesky_solve(A, b):
+    """Solve A x = b for symmetric positive definite A (float64) in place: x overwrites b.
+
+    Only the upper triangle of A is read; A is overwritten by its Cholesky factor.
+    """
+    n = A.shape[0]
+    for j in range(n):
+        s = A[j, j]
+        for k in range(j):
+            s -= A[k, j] * A[k, j]
+        if s <= 0.0:
+            s = 1e-12
+        d = np.sqrt(s)
+        A[j, j] = d
+        for i in range(j + 1, n):
+            t = A[j, i]
+            for k in range(j):
+                t -= A[k, j] * A[k, i]
+            A[j, i] = t / d
+    # R^T z = b (R upper: A[k, j] for k <= j), then R x = z
+    for i in range(n):
+        t = b[i]
+        for k in range(i):
+            t -= A[k, i] * b[k]
+        b[i] = t / A[i, i]
+    for i in range(n - 1, -1, -1):
+        t = b[i]
+        for k in range(i + 1, n):
+            t -= A[i, k] * b[k]
+        b[i] = t / A[i, i]
+
+
 @njit(parallel=True, **_JIT)
 def als_side(indptr, indices, data, mu, b_other, Y, lam, lam_b, use_bias, X, b_self):
     """Closed-form ridge update of one side (rows of the view) with the other fixed.
 
     Minimizes, for each row u, sum_k (r_k - mu - b_other[i] - b_u - x_u . y_i)^2
     + lam cnt_u ||x_u||^2 + lam_b cnt_u b_u^2, exactly (the count-weighted
-    objective of METHODS.md section 2).  Rows with no entry are set to zero.
+    objective of METHODS.md section 2): accumulates the (f+1) x (f+1) normal
+    equations in float64 and solves them by Cholesky, no BLAS (so no thread
+    oversubscription inside the parallel loop).  Rows with no entry are set to zero.
     """
     f = Y.shape[1]
     g = f + 1 if use_bias else f
@@ -329,25 +405,97 @@ def als_side(indptr, indices, data, mu, b_other, Y, lam, lam_b, use_bias, X, b_s
             if use_bias:
                 b_self[u] = 0.0
             continue
-        Z = np.empty((n, g), dtype=np.float32)
-        t = np.empty(n, dtype=np.float32)
-        for k in range(n):
-            i = indices[start + k]
-            target = data[start + k] - mu
+        A = np.zeros((g, g), dtype=np.float64)
+        rhs = np.zeros(g, dtype=np.float64)
+        z = np.empty(g, dtype=np.float64)
+        for k in range(start, end):
+            i = indices[k]
+            target = np.float64(data[k] - mu)
+            for d in range(f):
+                z[d] = Y[i, d]
             if use_bias:
                 target -= b_other[i]
-                Z[k, f] = 1.0
-            for d in range(f):
-                Z[k, d] = Y[i, d]
-            t[k] = target
-        A = np.dot(Z.T, Z).astype(np.float64)
-        rhs = np.dot(Z.T, t).astype(np.float64)
+                z[f] = 1.0
+            for d in range(g):
+                zd = z[d]
+                rhs[d] += zd * target
+                for e in range(g):  # full rows: contiguous, vectorizes
+                    A[d, e] += zd * z[e]
         for d in range(f):
             A[d, d] += lam * n
         if use_bias:
             A[f, f] += lam_b * n
-        sol = np.linalg.solve(A, rhs)
+        cholesky_solve(A, rhs)
         for d in range(f):
-            X[u, d] = sol[d]
+            X[u, d] = rhs[d]
         if use_bias:
-            b_self[u] = sol[f]
+            b_self[u] = rhs[f]
+
+
+# ------------------------------------------------ block-Jacobi preconditioner
+@njit(parallel=True, **_JIT)
+def side_gn_blocks(indptr, indices, Y, lam, lam_b, use_bias, shift, diag_scale, blocks):
+    """Cholesky factors of the per-row diagonal blocks of the Gauss-Newton matrix.
+
+    Row u's block couples its factors and bias: sum_k z_k z_k^T + diag(lam cnt_u,
+    ..., lam_b cnt_u) + shift I with z_k = (Y[i_k], 1), its diagonal first multiplied
+    by ``diag_scale`` (1 + gamma for Marquardt damping).  These are exactly the
+    normal-equation matrices of ALS; they make a block-Jacobi preconditioner for
+    CG.  ``blocks`` has shape (rows, g, g), g = f (+ 1 with biases); it is
+    overwritten by the upper Cholesky factors (float64).
+    """
+    f = Y.shape[1]
+    g = f + 1 if use_bias else f
+    for u in prange(indptr.shape[0] - 1):
+        A = blocks[u]
+        for d in range(g):
+            for e in range(g):
+                A[d, e] = 0.0
+        z = np.empty(g, dtype=np.float64)
+        start = indptr[u]
+        end = indptr[u + 1]
+        for k in range(start, end):
+            i = indices[k]
+            for d in range(f):
+                z[d] = Y[i, d]
+            if use_bias:
+                z[f] = 1.0
+            for d in range(g):
+                zd = z[d]
+                for e in range(g):
+                    A[d, e] += zd * z[e]
+        cnt = end - start
+        for d in range(f):
+            A[d, d] = (A[d, d] + lam * cnt) * diag_scale + shift
+        if use_bias:
+            A[f, f] = (A[f, f] + lam_b * cnt) * diag_scale + shift
+        rhs = np.zeros(g, dtype=np.float64)
+        cholesky_solve(A, rhs)  # factor in place (rhs unused)
+
+
+@njit(parallel=True, **_JIT)
+def side_block_solve(blocks, rX, rb, use_bias, outX, outb):
+    """out = M^-1 r for one side, M block-diagonal with the factors of side_gn_blocks."""
+    f = rX.shape[1]
+    g = f + 1 if use_bias else f
+    for u in prange(rX.shape[0]):
+        R = blocks[u]
+        x = np.empty(g, dtype=np.float64)
+        for d in range(f):
+            x[d] = rX[u, d]
+        if use_bias:
+            x[f] = rb[u]
+        for i in range(g):  # R^T z = r
+            t = x[i]
+            for k in range(i):
+                t -= R[k, i] * x[k]
+            x[i] = t / R[i, i]
+        for i in range(g - 1, -1, -1):  # R x = z
+            t = x[i]
+            for k in range(i + 1, g):
+                t -= R[i, k] * x[k]
+            x[i] = t / R[i, i]
+        for d in range(f):
+            outX[u, d] = x[d]
+        if use_bias:
+            outb[u] = x[f]

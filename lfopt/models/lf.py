@@ -21,6 +21,7 @@ import numpy as np
 from ..data.interactions import Interactions
 from ..errors import ConfigError
 from ..kernels import lf as K
+from ..kernels.vector import dot
 
 
 class LFObjective:
@@ -143,6 +144,58 @@ class LFObjective:
         K.side_gn_diagonal(self.csr.indptr, self.csr.indices, Q, self.lam, self.lam_b, self.use_bias, OP, obu)
         K.side_gn_diagonal(self.csc.indptr, self.csc.indices, P, self.lam, self.lam_b, self.use_bias, OQ, obi)
         return out
+
+    def reg_diagonal(self) -> np.ndarray:
+        """The regularizer's diagonal (lam n_u per factor entry, lam_b n_u per bias), flat."""
+        if getattr(self, "_reg_diag", None) is None:
+            w = np.empty(self.size, dtype=np.float32)
+            wbu, wbi, WP, WQ = self.unpack(w)
+            cu = np.diff(self.csr.indptr).astype(np.float32)
+            ci = np.diff(self.csc.indptr).astype(np.float32)
+            WP[:] = (self.lam * cu)[:, None]
+            WQ[:] = (self.lam * ci)[:, None]
+            if self.use_bias:
+                wbu[:] = self.lam_b * cu
+                wbi[:] = self.lam_b * ci
+            self._reg_diag = w
+        return self._reg_diag
+
+    def step_polynomial(self, y: np.ndarray, direction: np.ndarray) -> np.ndarray:
+        """Coefficients (c0..c4, lowest first) of the exact quartic L(y + t direction) in t."""
+        bu, bi, P, Q = self.unpack(y)
+        dbu, dbi, DP, DQ = self.unpack(direction)
+        ee, es, ec, ss, sc, cc = K.step_polynomial(self.csr.indptr, self.csr.indices, self.csr.data, self.mu,
+                                                   bu, bi, P, Q, dbu, dbi, DP, DQ, self.use_bias)
+        w = self.reg_diagonal()
+        wy_d = dot(w * y, direction)
+        w_dd = dot(w * direction, direction)
+        return np.array([0.5 * ee + self._penalty(y), -es + wy_d, 0.5 * (ss - 2 * ec) + 0.5 * w_dd, sc, 0.5 * cc])
+
+    def block_preconditioner(self, y: np.ndarray, shift: float = 0.0, diag_scale: float = 1.0):
+        """A function ``apply(r, out)`` computing M^-1 r, M the block diagonal of G(y) + shift I
+        (with the diagonal of G first multiplied by ``diag_scale``).
+
+        Each block is one user's (or item's) factors and bias: the ALS normal
+        matrices.  Costs about one ALS sweep to build, O(|y| f) to apply.
+        """
+        _, _, P, Q = self.unpack(y)
+        g = self.f + 1 if self.use_bias else self.f
+        bu_blocks = np.empty((self.m, g, g), dtype=np.float64)
+        bi_blocks = np.empty((self.n, g, g), dtype=np.float64)
+        sh = np.float64(shift)
+        K.side_gn_blocks(self.csr.indptr, self.csr.indices, Q, np.float64(self.lam), np.float64(self.lam_b),
+                         self.use_bias, sh, np.float64(diag_scale), bu_blocks)
+        K.side_gn_blocks(self.csc.indptr, self.csc.indices, P, np.float64(self.lam), np.float64(self.lam_b),
+                         self.use_bias, sh, np.float64(diag_scale), bi_blocks)
+
+        def apply(r, out):
+            rbu, rbi, RP, RQ = self.unpack(r)
+            obu, obi, OP, OQ = self.unpack(out)
+            K.side_block_solve(bu_blocks, RP, rbu, self.use_bias, OP, obu)
+            K.side_block_solve(bi_blocks, RQ, rbi, self.use_bias, OQ, obi)
+            return out
+
+        return apply
 
     # ---------------------------------------------------- structured oracles
     def _sgd_blocks(self):

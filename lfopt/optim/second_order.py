@@ -36,13 +36,14 @@ def conjugate_gradient(
     b: np.ndarray,
     max_iter: int = 10,
     tol: float = 1e-2,
-    precond: np.ndarray | None = None,
+    precond=None,
 ) -> CGResult:
     """Solve A x = b for symmetric positive definite A given only ``matvec(v, out)``.
 
     Starts from x = 0; stops after ``max_iter`` products or when
-    ||b - A x|| <= tol ||b||.  ``precond`` is the diagonal of a Jacobi
-    preconditioner M (the iteration uses M^-1).  A direction of non-positive
+    ||b - A x|| <= tol ||b||.  ``precond`` is the preconditioner M: an array
+    (the diagonal of a Jacobi preconditioner) or a function ``apply(r, out)``
+    that writes M^-1 r into ``out``.  A direction of non-positive
     curvature stops the iteration (it cannot happen for G + gamma I, gamma > 0).
     """
     x = np.zeros_like(b)
@@ -50,7 +51,14 @@ def conjugate_gradient(
     bnorm = np.sqrt(dot(b, b))
     if bnorm == 0.0:
         return CGResult(x, 0, 0.0, 0.0)
-    z = r / precond if precond is not None else r
+    if precond is None:
+        solve = None
+    elif callable(precond):
+        zbuf = np.empty_like(b)
+        solve = lambda r: precond(r, zbuf)  # noqa: E731
+    else:
+        solve = lambda r: r / precond  # noqa: E731
+    z = solve(r) if solve is not None else r
     p = z.copy()
     rz = dot(r, z)
     Ap = np.empty_like(b)
@@ -68,7 +76,7 @@ def conjugate_gradient(
         rel = np.sqrt(dot(r, r)) / bnorm
         if rel <= tol:
             break
-        z = r / precond if precond is not None else r
+        z = solve(r) if solve is not None else r
         rz_new = dot(r, z)
         p *= np.float32(rz_new / rz)
         p += z
@@ -88,8 +96,16 @@ class HessianFree(Optimizer):
     cg_tol : relative residual at which CG stops early.
     damping : initial gamma; adapted every step (x ``boost`` when the model is
         poor or the step rejected, x ``1/boost`` when it is good).
-    precondition : Jacobi (Gauss-Newton diagonal + damping) preconditioning of CG.
+    precondition : preconditioner of CG: ``"block"`` (default) the per-row diagonal
+        blocks of G + damping (each user's / item's factors and bias: the ALS
+        normal matrices, factored once per step), ``"jacobi"`` the diagonal of
+        G + damping, ``"none"``.  ``True``/``False`` mean ``"jacobi"``/``"none"``.
     max_retries : rejected steps retried with more damping within one epoch.
+    line_search : scale the CG step by the exact minimizer t of L(y + t Delta) over
+        (0, 2]: for the bilinear LF model the loss along a line is a quartic
+        polynomial whose coefficients one sweep of the data gives
+        (:meth:`LFObjective.step_polynomial`), so the search costs less than one
+        loss evaluation and replaces the trial evaluation at t = 1.
     damping_mode : ``"identity"`` solves (G + gamma I) Delta = -g as in METHODS.md;
         ``"marquardt"`` solves (G + gamma diag(G)) Delta = -g, which damps every
         row relative to its own curvature (rows of the LF model differ by orders
@@ -99,9 +115,10 @@ class HessianFree(Optimizer):
     name = "slf"
 
     def __init__(self, cg_iters: int = 10, cg_tol: float = 1e-2, damping: float = 1.0, boost: float = 1.5,
-                 precondition: bool = True, max_retries: int = 8, min_damping: float = 1e-4,
-                 damping_mode: str = "identity", seed: int = 0):
+                 precondition: str = "block", max_retries: int = 8, min_damping: float = 1e-4,
+                 damping_mode: str = "identity", line_search: bool = True, seed: int = 0):
         super().__init__(seed)
+        self.line_search = bool(line_search)
         if damping_mode not in ("identity", "marquardt"):
             raise ConfigError(f"damping_mode must be 'identity' or 'marquardt', got {damping_mode!r}")
         self.damping_mode = damping_mode
@@ -113,7 +130,13 @@ class HessianFree(Optimizer):
         self.boost = positive("boost", boost)
         if self.boost <= 1.0:
             raise ConfigError(f"boost must be > 1, got {boost!r}")
-        self.precondition = bool(precondition)
+        if precondition is True:
+            precondition = "jacobi"
+        elif precondition is False or precondition is None:
+            precondition = "none"
+        if precondition not in ("block", "jacobi", "none"):
+            raise ConfigError(f"precondition must be 'block', 'jacobi' or 'none', got {precondition!r}")
+        self.precondition = precondition
         self.max_retries = int(max_retries)
         self.min_damping = positive("min_damping", min_damping)
         self._gamma = float(damping)
@@ -132,7 +155,7 @@ class HessianFree(Optimizer):
         z, gz = self.model_point(obj, y, b["g"], b)
         rhs = -gz
         marquardt = self.damping_mode == "marquardt"
-        diag = obj.gn_diag(z, b["diag"]) if (self.precondition or marquardt) else None
+        diag = obj.gn_diag(z, b["diag"]) if (self.precondition == "jacobi" or marquardt) else None
         if diag is not None:
             # rows without training entries have a zero diagonal (and zero gradient)
             np.maximum(diag, np.float32(1e-6), out=diag)
@@ -147,7 +170,7 @@ class HessianFree(Optimizer):
                     out += gamma * diag * v
                     return out
 
-                pre = (1 + gamma) * diag if self.precondition else None
+                pre = (1 + gamma) * diag if self.precondition == "jacobi" else None
             else:
 
                 def matvec(v, out):
@@ -155,17 +178,26 @@ class HessianFree(Optimizer):
                     out += gamma * v
                     return out
 
-                pre = (diag + gamma) if self.precondition else None
+                pre = (diag + gamma) if self.precondition == "jacobi" else None
+            if self.precondition == "block":
+                shift, scale = (0.0, 1.0 + float(gamma)) if marquardt else (float(gamma), 1.0)
+                pre = obj.block_preconditioner(z, shift, scale)
             res = conjugate_gradient(matvec, rhs, self.cg_iters, self.cg_tol, pre)
             cg_total += res.iterations
             delta = res.x
             # model decrease: -(g.d + 1/2 d.G d), with d.G d = d.(G + gamma D)d - gamma d.D d
             dDd = dot(delta * diag, delta) if marquardt else dot(delta, delta)
             dGd = res.curvature - float(gamma) * dDd
-            predicted = -(dot(gz, delta) + 0.5 * dGd)
+            gd = dot(gz, delta)
+            t = 1.0
+            if self.line_search:
+                t, loss1 = _quartic_minimizer(obj.step_polynomial(y, delta), t_max=2.0)
+                delta *= np.float32(t)
+            predicted = -(t * gd + 0.5 * t * t * dGd)
             trial = b["trial"]
             np.add(y, delta, out=trial)
-            loss1 = obj.loss(trial)
+            if not self.line_search:
+                loss1 = obj.loss(trial)
             actual = loss0 - loss1
             ratio = actual / predicted if predicted > 0 else -np.inf
             if ratio < 0.25 or not np.isfinite(loss1):
@@ -174,8 +206,19 @@ class HessianFree(Optimizer):
                 self._gamma = max(self._gamma / self.boost, self.min_damping)
             if np.isfinite(loss1) and loss1 <= loss0:
                 y[:] = trial
-                return {"damping": float(gamma), "cg_iters": cg_total, "rho_lm": float(ratio), "rejected": attempt}
+                return {"damping": float(gamma), "cg_iters": cg_total, "rho_lm": float(ratio), "rejected": attempt,
+                        "step": float(t)}
         return {"damping": float(self._gamma), "cg_iters": cg_total, "rho_lm": float(ratio), "rejected": attempt + 1}
+
+
+def _quartic_minimizer(coef: np.ndarray, t_max: float) -> tuple[float, float]:
+    """argmin and min over t in [0, t_max] of sum_k coef[k] t^k (coef lowest first)."""
+    poly = np.polynomial.Polynomial(coef)
+    crit = poly.deriv().roots()
+    cands = [0.0, t_max] + [float(r.real) for r in np.atleast_1d(crit) if abs(r.imag) < 1e-9 and 0 < r.real < t_max]
+    vals = [float(poly(c)) for c in cands]
+    best = int(np.argmin(vals))
+    return cands[best], vals[best]
 
 
 @register("sslf")
@@ -189,10 +232,10 @@ class SharpnessAwareHF(HessianFree):
     name = "sslf"
 
     def __init__(self, rho: float = 0.05, cg_iters: int = 10, cg_tol: float = 1e-2, damping: float = 1.0,
-                 boost: float = 1.5, precondition: bool = True, max_retries: int = 8, min_damping: float = 1e-4,
-                 damping_mode: str = "identity", seed: int = 0):
+                 boost: float = 1.5, precondition: str = "block", max_retries: int = 8, min_damping: float = 1e-4,
+                 damping_mode: str = "identity", line_search: bool = True, seed: int = 0):
         super().__init__(cg_iters, cg_tol, damping, boost, precondition, max_retries, min_damping, damping_mode,
-                         seed)
+                         line_search, seed)
         self.rho = positive("rho", rho, allow_zero=True)
 
     def model_point(self, obj, y, g, work):
