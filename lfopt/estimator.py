@@ -50,7 +50,7 @@ class LatentFactorModel:
     >>> data = lfopt.synthetic(n_users=400, n_items=300, nnz=30000, seed=0)
     >>> train, test = lfopt.random_split(data, 0.1, seed=0)
     >>> model = lfopt.LatentFactorModel(rank=5, optimizer="als", epochs=10, lam=0.02).fit(train)
-    >>> model.evaluate(test)["rmse"] < 1.1 * data.meta["noise_floor"]  # the generator's noise level
+    >>> model.evaluate(test)["rmse"] < 1.15 * data.meta["noise_floor"]  # the generator's noise level
     True
     >>> scores = model.predict([0, 1], [0, 1])
     >>> items, _ = model.recommend(0, k=3)
