@@ -40,12 +40,15 @@ Caveats, from reading the peers' sources:
 * LIBMF (``libmf`` package, LIBMF 2.x): squared loss (``fun=P_L2_MFR``) with
   ``lambda_p2 = lambda_q2 = lam`` (L2; ``lambda_p1/q1`` are L1 and are set to 0 -- the
   Python wrapper's own defaults are L1 = 0.04, L2 = 0!), ``k = rank``,
-  ``nr_iters = epochs``, ``eta = lr``.  LIBMF's SGD is per-row AdaGrad with ``eta`` as
-  the initial rate, regularizes at every visit, divides the ratings by their standard
-  deviation while training, has NO bias terms (``use_bias`` is ignored) and no seed
-  (its shuffles and init are fixed).  Its documented defaults are ``eta=0.1``,
-  ``lambda=0.1``.  The wrapper's ``predict`` reads its (n, 2) input column-major, so
-  predictions here are computed from the factors it returns.
+  ``nr_iters = epochs``, ``eta = lr``, ``nr_threads = threads`` (default: all cores).
+  LIBMF's SGD is per-row AdaGrad with ``eta`` as the initial rate (LIBMF's default
+  0.1), regularizes at every visit, divides the ratings by their standard deviation
+  while training, has NO bias terms (``use_bias`` is ignored) and no seed (fixed
+  shuffles and init; thread scheduling still varies).  The wrapper's ``predict`` reads
+  its (n, 2) input column-major, so predictions here are computed from the factors.
+  pip builds it without SIMD; see requirements-peers.txt for the faster AVX build.
+  LIBMF's scheduler can deadlock after the last iteration (rarely, mostly on tiny
+  data), so it trains in a forked child that is restarted if it stalls.
 * Surprise ``SVD``: plain SGD with biases, per-visit regularization, init N(0, 0.1),
   visits ratings grouped by user each epoch, single-threaded.  Its defaults are
   ``n_epochs=20, lr_all=0.005, reg_all=0.02``.
@@ -54,11 +57,12 @@ Caveats, from reading the peers' sources:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib
 import io
+import multiprocessing
 import os
 import time
+import warnings
 
 import numpy as np
 
@@ -160,12 +164,71 @@ def run_cornac_mf(train_u, train_i, train_r, test_u, test_i, test_r, rank=100, e
                    use_bias=use_bias, threads=model.num_threads)
 
 
+class _Stalled(RuntimeError):
+    """The child process stopped using CPU before returning (a deadlock)."""
+
+
+def _cpu_ticks(pid):
+    """User + system CPU ticks of process ``pid`` (all threads), or None without /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _call_in_child(fn, stall_seconds=5.0):
+    """Return ``fn()`` computed in a forked child process.
+
+    Raises _Stalled if the child burns no CPU for ``stall_seconds`` before answering:
+    LIBMF's scheduler can deadlock after its last iteration (``Scheduler::terminate``
+    wakes no worker), rarely, mostly on small data.  Linux only; elsewhere ``fn()`` runs
+    in-process.
+    """
+    try:
+        ctx = multiprocessing.get_context("fork")
+    except ValueError:
+        return fn()
+    recv, send = ctx.Pipe(duplex=False)
+
+    def child():
+        try:
+            send.send(("ok", fn()))
+        except BaseException as exc:  # report, do not hang the parent
+            send.send(("error", f"{type(exc).__name__}: {exc}"))
+
+    proc = ctx.Process(target=child, daemon=True)
+    proc.start()
+    send.close()
+    ticks, since = None, time.monotonic()
+    try:
+        while not recv.poll(0.5):
+            if not proc.is_alive():
+                raise RuntimeError(f"child process died (exit code {proc.exitcode})")
+            now = _cpu_ticks(proc.pid)
+            if now is None or now != ticks:
+                ticks, since = now, time.monotonic()
+            elif time.monotonic() - since > stall_seconds:
+                raise _Stalled()
+        status, value = recv.recv()
+    finally:
+        proc.kill()
+        proc.join()
+    if status != "ok":
+        raise RuntimeError(f"child process failed: {value}")
+    return value
+
+
 def run_libmf(train_u, train_i, train_r, test_u, test_i, test_r, rank=100, epochs=40,
-              lr=0.01, lam=0.02, use_bias=True, seed=42, rating_range=(1, 5), threads=None):
+              lr=0.01, lam=0.02, use_bias=True, seed=42, rating_range=(1, 5), threads=None,
+              attempts=3):
     """Train LIBMF (``libmf`` package) with squared loss and L2 on P and Q.
 
     ``use_bias`` and ``seed`` are ignored: LIBMF has no bias terms and no seed option.
     ``lr`` is LIBMF's initial AdaGrad rate ``eta`` (LIBMF's default 0.1).
+    Training runs in a forked child (which also reclaims the memory the wrapper
+    leaks); a run that deadlocks is restarted, up to ``attempts`` runs in all.
     """
     lm = _require("libmf.mf", "libmf")
     tu, ti, tr, su, si, sr = _arrays(train_u, train_i, train_r, test_u, test_i, test_r)
@@ -173,26 +236,34 @@ def run_libmf(train_u, train_i, train_r, test_u, test_i, test_r, rank=100, epoch
         raise ValueError("the libmf wrapper passes indices as float32: ids must be < 2**24")
     threads = threads or os.cpu_count() or 1
     engine = lm.MF(fun=lm.P_L2_MFR, k=rank, nr_iters=epochs, eta=lr,
-                      lambda_p1=0.0, lambda_q1=0.0, lambda_p2=lam, lambda_q2=lam,
-                      nr_threads=threads, nr_bins=max(26, 2 * threads + 1), quiet=True)
+                   lambda_p1=0.0, lambda_q1=0.0, lambda_p2=lam, lambda_q2=lam,
+                   nr_threads=threads, nr_bins=max(26, 2 * threads + 1), quiet=True)
     data = np.column_stack([tu, ti, tr]).astype(np.float32)
-    t0 = time.perf_counter()
-    try:
-        engine.fit(data)
-    except ValueError as exc:  # NULL model: LIBMF rejected the parameters (see stderr)
-        raise RuntimeError(f"LIBMF training failed: {exc}") from exc
-    seconds = time.perf_counter() - t0
+
+    def fit():
+        t0 = time.perf_counter()
+        try:
+            engine.fit(data)
+        except ValueError:  # the wrapper dereferences the NULL model LIBMF returned
+            raise RuntimeError("LIBMF rejected the parameters (message on stderr)") from None
+        seconds = time.perf_counter() - t0
+        return seconds, engine.p_factors(), engine.q_factors()
+
+    for restarts in range(attempts):
+        try:
+            seconds, P, Q = _call_in_child(fit)
+            break
+        except _Stalled:
+            warnings.warn("LIBMF deadlocked at the end of training; restarting it")
+    else:
+        raise RuntimeError(f"LIBMF deadlocked in all {attempts} attempts")
 
     # Users/items with no training rating have NaN factor rows (or lie beyond m, n).
-    P, Q = engine.p_factors(), engine.q_factors()
-    model = ctypes.pointer(engine.model)  # free LIBMF's copy of P and Q (the wrapper never does)
-    lm.mf.mf_destroy_model(ctypes.byref(model))
-    engine.model = None
     u = np.where((su < len(P)) & ~np.isnan(P[np.minimum(su, len(P) - 1), 0]), su, -1)
     i = np.where((si < len(Q)) & ~np.isnan(Q[np.minimum(si, len(Q) - 1), 0]), si, -1)
     pred, n_unknown = _predict(u, i, P, Q, 0.0, fallback=float(tr.mean()))
     return _result("LIBMF", "libmf", pred, sr, rating_range, seconds, epochs, n_unknown,
-                   use_bias=False, threads=threads)
+                   use_bias=False, threads=threads, restarts=restarts)
 
 
 def run_surprise_svd(train_u, train_i, train_r, test_u, test_i, test_r, rank=100, epochs=40,
