@@ -35,9 +35,10 @@ class LatentFactorModel:
         (``lam_b=None`` uses ``lam``).
     use_bias : include the global mean and user/item biases (False gives the
         plain model r_ui ~ p_u . q_i of the papers).
-    init_scale : factors start ~ N(0, init_scale^2 / rank); None picks 0.1 for the
-        first-order optimizers and 1.0 for ALS and the second-order ones, whose
-        exact steps would otherwise shrink small factors to the zero saddle.
+    init_scale : factors start ~ N(0, init_scale^2 / rank).  Small starts help
+        generalization (the early epochs fit the strongest directions first); a
+        very strong lambda with exact solvers (ALS) may shrink tiny factors to
+        the zero saddle, in which case a larger init_scale helps.
     seed : seeds the initialization and the optimizer's randomness.
     patience : early stopping on the validation RMSE (None: no early stopping).
     verbose : print one progress line per epoch (to stderr).
@@ -59,7 +60,7 @@ class LatentFactorModel:
     """
 
     def __init__(self, rank: int = 10, optimizer: str = "sgd", epochs: int = 40, lam: float = 0.02,
-                 lam_b: float | None = None, use_bias: bool = True, init_scale: float | None = None, seed: int = 0,
+                 lam_b: float | None = None, use_bias: bool = True, init_scale: float = 0.1, seed: int = 0,
                  patience: int | None = 5, verbose: bool = False, **optimizer_options):
         self.rank = rank
         self.optimizer = optimizer
@@ -81,13 +82,8 @@ class LatentFactorModel:
             v = getattr(self, name)
             if v is not None and (not np.isfinite(v) or v < 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
-        if self.init_scale is not None and (not np.isfinite(self.init_scale) or self.init_scale <= 0):
+        if not np.isfinite(self.init_scale) or self.init_scale <= 0:
             raise ConfigError(f"init_scale must be > 0, got {self.init_scale!r}")
-
-    def effective_init_scale(self) -> float:
-        if self.init_scale is not None:
-            return float(self.init_scale)
-        return 1.0 if str(self.optimizer).lower() in ("als", "slf", "sslf", "adago") else 0.1
 
     def get_params(self) -> dict:
         params = {k: getattr(self, k) for k in ("rank", "optimizer", "epochs", "lam", "lam_b", "use_bias",
@@ -110,7 +106,7 @@ class LatentFactorModel:
             valid = self._aligned(valid, train, "valid")
         obj = LFObjective(train, self.rank, self.lam, self.lam_b, self.use_bias)
         opt = make_optimizer(self.optimizer, seed=self.seed, **self.optimizer_options)
-        y = obj.init_params(self.effective_init_scale(), self.seed)
+        y = obj.init_params(self.init_scale, self.seed)
         self.objective_ = obj
         self._set_state(obj, y, train)
         evaluate = None

@@ -34,8 +34,7 @@ def add_model_options(p) -> None:
                    help="L2 strength of the factors, count-weighted (default: 0.02)")
     g.add_argument("--lambda-bias", dest="lam_b", type=float, default=None, help="L2 of the biases (default: --lambda)")
     g.add_argument("--no-bias", action="store_true", help="the plain model r = p.q (no mean and biases)")
-    g.add_argument("--init-scale", type=float, default=None,
-                   help="initial factor scale (default: 0.1 for sgd/adam, 1.0 for als/adago/slf/sslf)")
+    g.add_argument("--init-scale", type=float, default=0.1, help="initial factor scale (default: 0.1)")
     g.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (needs --valid-fraction)")
     for flag, dest, typ, text in OPTIMIZER_FLAGS:
         g.add_argument(flag, dest=dest, type=typ, default=None, help=text)

@@ -4,10 +4,14 @@ Both are one class, :class:`HessianFree`: each epoch forms a quadratic model
 of the objective at a *model point* z (the current y for SLF; y + rho g/|g| for
 SSLF), solves (G(z) + gamma I) Delta = -g(z) by conjugate gradient with
 Gauss-Newton vector products only, and applies Delta to the unperturbed y.
-The damping gamma adapts Levenberg-Marquardt style from the ratio of actual
-to predicted decrease of the objective at y; a step that raises the loss is
-rejected and retried with more damping.  The sharpness-aware variant differs
-only in :meth:`HessianFree.model_point`, so rho = 0 gives SLF's iterates exactly.
+The step is scaled by an exact line search of L(z + t Delta) (a quartic in t
+for the bilinear model), and the damping gamma adapts Levenberg-Marquardt
+style from the ratio of actual to predicted decrease of L(z + Delta); a step
+that raises it is rejected and retried with more damping.  For SSLF this
+measures the step on the perturbed loss L(y + eps), the quantity the
+sharpness-aware objective minimizes (with eps held fixed for the step).  The
+sharpness-aware variant differs only in :meth:`HessianFree.model_point`, so
+rho = 0 gives SLF's iterates exactly.
 """
 
 from __future__ import annotations
@@ -143,16 +147,19 @@ class HessianFree(Optimizer):
         self._buf = None
 
     # The only difference between SLF and SSLF.
-    def model_point(self, obj, y, g, work):
-        """Point at which the quadratic model (gradient and curvature) is formed."""
-        return y, g
+    def model_point(self, obj, y, g, loss, work):
+        """Point z at which the quadratic model is formed, with its gradient and loss.
+
+        The step Delta is chosen (CG, line search, damping) to decrease L(z + Delta)
+        and applied to y.
+        """
+        return y, g, loss
 
     def epoch(self, obj, y, epoch):
         if self._buf is None:
             self._buf = {k: np.empty_like(y) for k in ("g", "g2", "z", "tmp", "diag", "trial")}
         b = self._buf
-        loss0 = obj.loss_grad(y, b["g"])
-        z, gz = self.model_point(obj, y, b["g"], b)
+        z, gz, loss0 = self.model_point(obj, y, b["g"], obj.loss_grad(y, b["g"]), b)
         rhs = -gz
         marquardt = self.damping_mode == "marquardt"
         diag = obj.gn_diag(z, b["diag"]) if (self.precondition == "jacobi" or marquardt) else None
@@ -191,13 +198,13 @@ class HessianFree(Optimizer):
             gd = dot(gz, delta)
             t = 1.0
             if self.line_search:
-                t, loss1 = _quartic_minimizer(obj.step_polynomial(y, delta), t_max=2.0)
+                t, loss1 = _quartic_minimizer(obj.step_polynomial(z, delta), t_max=2.0)
                 delta *= np.float32(t)
             predicted = -(t * gd + 0.5 * t * t * dGd)
             trial = b["trial"]
             np.add(y, delta, out=trial)
             if not self.line_search:
-                loss1 = obj.loss(trial)
+                loss1 = obj.loss(trial) if z is y else obj.loss(z + delta)
             actual = loss0 - loss1
             ratio = actual / predicted if predicted > 0 else -np.inf
             if ratio < 0.25 or not np.isfinite(loss1):
@@ -238,14 +245,14 @@ class SharpnessAwareHF(HessianFree):
                          line_search, seed)
         self.rho = positive("rho", rho, allow_zero=True)
 
-    def model_point(self, obj, y, g, work):
+    def model_point(self, obj, y, g, loss, work):
         if self.rho == 0.0:
-            return y, g
+            return y, g, loss
         gnorm = np.sqrt(dot(g, g))
         if gnorm == 0.0:
-            return y, g
+            return y, g, loss
         z = work["z"]
         np.multiply(g, np.float32(self.rho / gnorm), out=z)
         z += y
-        obj.loss_grad(z, work["g2"])
-        return z, work["g2"]
+        loss_z = obj.loss_grad(z, work["g2"])
+        return z, work["g2"], loss_z
