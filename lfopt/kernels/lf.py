@@ -383,6 +383,25 @@ def cholesky_solve(A, b):
         b[i] = t / A[i, i]
 
 
+@njit(**_JIT)
+def _row_gram(start, end, indices, Y, use_bias, G, z):
+    """G = sum over entries k in [start, end) of z_k z_k^T, z_k = (Y[i_k], 1): float32,
+    full rows (contiguous inner loop, vectorizes)."""
+    f = Y.shape[1]
+    g = G.shape[0]
+    G[:, :] = 0.0
+    for k in range(start, end):
+        i = indices[k]
+        for d in range(f):
+            z[d] = Y[i, d]
+        if use_bias:
+            z[f] = 1.0
+        for d in range(g):
+            zd = z[d]
+            for e in range(g):
+                G[d, e] += zd * z[e]
+
+
 @njit(parallel=True, **_JIT)
 def als_side(indptr, indices, data, mu, b_other, Y, lam, lam_b, use_bias, X, b_self):
     """Closed-form ridge update of one side (rows of the view) with the other fixed.
@@ -405,22 +424,19 @@ def als_side(indptr, indices, data, mu, b_other, Y, lam, lam_b, use_bias, X, b_s
             if use_bias:
                 b_self[u] = 0.0
             continue
-        A = np.zeros((g, g), dtype=np.float64)
+        G = np.empty((g, g), dtype=np.float32)
+        z = np.empty(g, dtype=np.float32)
+        _row_gram(start, end, indices, Y, use_bias, G, z)
+        A = G.astype(np.float64)
         rhs = np.zeros(g, dtype=np.float64)
-        z = np.empty(g, dtype=np.float64)
         for k in range(start, end):
             i = indices[k]
             target = np.float64(data[k] - mu)
-            for d in range(f):
-                z[d] = Y[i, d]
             if use_bias:
                 target -= b_other[i]
-                z[f] = 1.0
-            for d in range(g):
-                zd = z[d]
-                rhs[d] += zd * target
-                for e in range(g):  # full rows: contiguous, vectorizes
-                    A[d, e] += zd * z[e]
+                rhs[f] += target
+            for d in range(f):
+                rhs[d] += Y[i, d] * target
         for d in range(f):
             A[d, d] += lam * n
         if use_bias:
@@ -448,22 +464,14 @@ def side_gn_blocks(indptr, indices, Y, lam, lam_b, use_bias, shift, diag_scale, 
     g = f + 1 if use_bias else f
     for u in prange(indptr.shape[0] - 1):
         A = blocks[u]
-        for d in range(g):
-            for e in range(g):
-                A[d, e] = 0.0
-        z = np.empty(g, dtype=np.float64)
+        G = np.empty((g, g), dtype=np.float32)
+        z = np.empty(g, dtype=np.float32)
         start = indptr[u]
         end = indptr[u + 1]
-        for k in range(start, end):
-            i = indices[k]
-            for d in range(f):
-                z[d] = Y[i, d]
-            if use_bias:
-                z[f] = 1.0
-            for d in range(g):
-                zd = z[d]
-                for e in range(g):
-                    A[d, e] += zd * z[e]
+        _row_gram(start, end, indices, Y, use_bias, G, z)
+        for d in range(g):
+            for e in range(g):
+                A[d, e] = G[d, e]
         cnt = end - start
         for d in range(f):
             A[d, d] = (A[d, d] + lam * cnt) * diag_scale + shift
