@@ -64,7 +64,7 @@ def main():
     args = ap.parse_args()
     if not args.skip_timings:
         timings(DATASETS["ml-1m"], args.rank, args.lam)
-    for name in args.datasets.split(","):
+    for name in [d for d in args.datasets.split(",") if d]:
         print(f"\n## {name}")
         cli(["compare", "--data", str(DATASETS[name]), "--rank", str(args.rank), "--lambda", str(args.lam),
              "--seeds", args.seeds, "--outdir", str(Path(args.outdir) / name), "--overwrite", "--quiet"])

@@ -26,7 +26,7 @@ def plot_curves(curves: dict, x_key: str, y_key: str, path, title: str = "", xla
         pts = [(r[x_key], r[y_key]) for r in rows if r.get(y_key) is not None and r.get(x_key) is not None]
         if pts:
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=name)
+            ax.plot(xs, ys, marker="o", markersize=2.5, linewidth=1.2, label=name)
     ax.set_xlabel(xlabel or x_key)
     ax.set_ylabel(ylabel or y_key)
     if logx:

@@ -78,7 +78,8 @@ def run(args) -> int:
     runs = compare(data, names, seeds, args.rank, args.lam, args.epochs, args.patience, options,
                    log=None if args.quiet else (lambda t: say(args, t)))
     summary = summarize(runs)
-    title = f"{args.data or 'synthetic'}: rank {args.rank}, lambda {args.lam}, seeds {seeds}"
+    label = "synthetic" if not args.data else (Path(args.data).parent.name or Path(args.data).stem)
+    title = f"{label}: rank {args.rank}, lambda {args.lam}, {len(seeds)} seed(s)"
     md = markdown_table(summary, title)
     outdir.mkdir(parents=True, exist_ok=True)
     write_atomic(outdir / "table.md", md.encode(), overwrite=True)

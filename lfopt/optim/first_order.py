@@ -122,14 +122,16 @@ class AdaGO(AdaptiveMoments):
     """AdaGO: Adam whose second moment tracks the exact Gauss-Newton diagonal plus damping.
 
     d = diag(G) + damping, with diag(G) = diag(J^T J) + the regularizer's diagonal
-    (METHODS.md section 3); everything else is Adam's update.
+    (METHODS.md section 3); everything else is Adam's update.  The defaults
+    (mini-batches of 8192 entries, lr 0.02, damping 30) were chosen on a validation
+    split of ML-1M; full batch (``batch_size=0``) needs a larger lr (~0.3).
     """
 
     name = "adago"
     needs_diag = True
 
-    def __init__(self, lr: float = 0.5, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-                 damping: float = 1.0, batch_size: int | None = None, seed: int = 0):
+    def __init__(self, lr: float = 0.02, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 damping: float = 30.0, batch_size: int | None = 8192, seed: int = 0):
         super().__init__(lr, beta1, beta2, eps, batch_size, seed)
         self.damping = positive("damping", damping)
 
