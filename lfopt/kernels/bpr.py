@@ -12,14 +12,17 @@ the list of its triples, every distinct item a slot with its occurrences as
 positive (+) or negative (-).  Then, in parallel phases separated by barriers:
 
 1. one thread per triple computes c_t at the current parameters;
-2. one thread per user slot sums its rows' gradient, one thread per item slot
-   sums its item's gradient (each slot is owned by one thread, as in the
-   CSR/CSC sweeps of :mod:`lfopt.kernels.lf`);
+2. one thread per slot (user slots and item slots in one parallel loop) sums its
+   row's gradient from its occurrence list (each slot is owned by one thread, as
+   in the CSR/CSC sweeps of :mod:`lfopt.kernels.lf`), reading parameters only;
 3. one thread per slot applies the optimizer step to its row.
 
 No two threads ever write the same memory, so the result does not depend on
-the number of threads or on scheduling.  The batch loss is the SUM over its
-triples (so an SGD learning rate means what it means for per-triple BPR):
+the number of threads or on scheduling (bit-identical with 1 or 2 threads).
+That is three barriers per step; the Lambda step is serial (O(batch x f)).
+
+The batch loss is the SUM over its triples (so an SGD learning rate means what it
+means for per-triple BPR):
 
     L_B = sum_t [ softplus(-x_uij) + sum_d (Lu[u,d] p_ud^2 + Li[i,d] q_id^2 + Li[j,d] q_jd^2)
                   + lam_b (b_i^2 + b_j^2) ]
@@ -56,11 +59,15 @@ and d G / d Lambda_r = 2 n_r theta_r, element-wise.  Only rows present in both
 the training batch and the validation batch get a non-zero hyper-gradient;
 contributions are summed over the entries sharing a Lambda (serially: the
 accumulation is O(rows x f) and shared granularities would otherwise race).
+Validation negatives exclude the user's training and validation positives.
 Lambda takes a lazy Adam step (per-entry counts) on the entries that got a
 gradient and is projected onto Lambda >= 0.
 """
 
 from __future__ import annotations
+
+# lfopt/__init__.py sets OMP_WAIT_POLICY=PASSIVE before any kernel runs: the mini-batch
+# kernel crosses a few barriers per step, which spin-waiting makes expensive on busy cores.
 
 import numpy as np
 from numba import njit, prange
@@ -236,10 +243,8 @@ def _group_items(ti, tj, s0, s1, slot, uniq, ptr, occ):
 
 
 @njit(**_JIT)
-def _adam_dtheta_dG(G, mn, vn, k, lr, beta1, beta2, eps):
-    """d theta_bar / d G of one lazy-Adam coordinate whose new moments are mn, vn after k steps."""
-    bc1 = np.float32(1.0) - beta1 ** np.float32(k)
-    bc2 = np.float32(1.0) - beta2 ** np.float32(k)
+def _adam_dtheta_dG(G, mn, vn, bc1, bc2, lr, beta1, beta2, eps):
+    """d theta_bar / d G of one lazy-Adam coordinate with new moments mn, vn and bias corrections bc1, bc2."""
     s = np.sqrt(vn / bc2)
     den = s + eps
     out = (np.float32(1.0) - beta1) / bc1 / den
@@ -297,14 +302,12 @@ def bpr_train(
     gU = np.empty((B, f), dtype=np.float32)
     gI = np.empty((2 * B, f), dtype=np.float32)
     gb = np.empty(2 * B, dtype=np.float32)
-    wb = 0
-    if use_bias:
-        wb = 1
     nl = 1
     if learn_lam:
         nl = 2 * B
-    oldU = np.empty((B if learn_lam else 1, f), dtype=np.float32)
-    oldI = np.empty((nl, f), dtype=np.float32)
+    # JU / JI: theta before the step of every updated row (lambdaOpt)
+    JU = np.empty((B if learn_lam else 1, f), dtype=np.float32)
+    JI = np.empty((nl, f), dtype=np.float32)
     aU = np.zeros((B if learn_lam else 1, f), dtype=np.float32)
     aI = np.zeros((nl, f), dtype=np.float32)
     hasU = np.zeros(B if learn_lam else 1, dtype=np.bool_)
@@ -312,10 +315,30 @@ def bpr_train(
     Bv = vbatch_size
     vc = np.zeros(Bv if learn_lam else 1, dtype=np.float32)
     vloss = np.zeros(Bv if learn_lam else 1, dtype=np.float64)
+    user_rows = su_row != 0  # users own their Lambda entries (DU, DUI): no sharing, parallel update
+    item_rows = si_row != 0
     lgrad = np.zeros(lam.shape[0], dtype=np.float32)
     lflag = np.zeros(lam.shape[0], dtype=np.bool_)
     ltouched = np.empty(lam.shape[0], dtype=np.int64)
     want_grad = grad_out.shape[0] > 0
+    # tables of beta^k for the bias corrections (k = a row's or a Lambda entry's step count)
+    kmax = n_steps + 1
+    if opt == 1:
+        if m > 0:
+            kmax = max(kmax, cnt_u.max() + n_steps + 1)
+        if n > 0:
+            kmax = max(kmax, cnt_i.max() + n_steps + 1)
+    if learn_lam and cL.shape[0] > 0:
+        kmax = max(kmax, cL.max() + n_steps + 1)
+    pw1 = np.empty(kmax + 1, dtype=np.float32)
+    pw2 = np.empty(kmax + 1, dtype=np.float32)
+    a1 = 1.0
+    a2 = 1.0
+    for q in range(kmax + 1):
+        pw1[q] = a1
+        pw2[q] = a2
+        a1 *= beta1
+        a2 *= beta2
 
     for step in range(n_steps):
         s0 = step * B
@@ -343,93 +366,98 @@ def bpr_train(
         stats[0] += lsum
         stats[1] += ntr
 
-        # 2. gradients G = g + 2 n Lambda theta, one thread per row slot
-        for s in prange(nu):
-            u = uniq_u[s]
-            for d in range(f):
-                gU[s, d] = 0.0
-            for e in range(uptr[s], uptr[s + 1]):
-                t = uocc[e]
-                ck = c[t - s0]
-                i = ti[t]
-                j = tj[t]
+        # 2. gradients G = g + 2 n Lambda theta, one thread per row slot (users, then items)
+        for s_ in prange(nu + ni):
+            s = np.int64(s_)
+            if s < nu:
+                u = uniq_u[s]
                 for d in range(f):
-                    gU[s, d] += ck * (Q[i, d] - Q[j, d])
-            cntr = np.float32(uptr[s + 1] - uptr[s])
-            for d in range(f):
-                gU[s, d] += two * cntr * lam[base_u + u * su_row + d * su_col] * P[u, d]
-        for s in prange(ni):
-            it = uniq_i[s]
-            for d in range(f):
-                gI[s, d] = 0.0
-            gbs = np.float32(0.0)
-            for e in range(iptr[s], iptr[s + 1]):
-                o = iocc[e]
-                t = o >> 1
-                ck = c[t - s0]
-                if o & 1:
-                    ck = -ck
-                u = tu[t]
-                gbs += ck
+                    gU[s, d] = 0.0
+                for e in range(uptr[s], uptr[s + 1]):
+                    t = uocc[e]
+                    ck = c[t - s0]
+                    i = ti[t]
+                    j = tj[t]
+                    for d in range(f):
+                        gU[s, d] += ck * (Q[i, d] - Q[j, d])
+                cntr = np.float32(uptr[s + 1] - uptr[s])
                 for d in range(f):
-                    gI[s, d] += ck * P[u, d]
-            cntr = np.float32(iptr[s + 1] - iptr[s])
-            for d in range(f):
-                gI[s, d] += two * cntr * lam[base_i + it * si_row + d * si_col] * Q[it, d]
-            if use_bias:
-                gb[s] = gbs + two * cntr * lam_b * b[it]
+                    gU[s, d] += two * cntr * lam[base_u + u * su_row + d * su_col] * P[u, d]
+            else:
+                si = s - nu
+                it = uniq_i[si]
+                for d in range(f):
+                    gI[si, d] = 0.0
+                gbs = np.float32(0.0)
+                for e in range(iptr[si], iptr[si + 1]):
+                    o = iocc[e]
+                    t = o >> 1
+                    ck = c[t - s0]
+                    if o & 1:
+                        ck = -ck
+                    u = tu[t]
+                    gbs += ck
+                    for d in range(f):
+                        gI[si, d] += ck * P[u, d]
+                cntr = np.float32(iptr[si + 1] - iptr[si])
+                for d in range(f):
+                    gI[si, d] += two * cntr * lam[base_i + it * si_row + d * si_col] * Q[it, d]
+                if use_bias:
+                    gb[si] = gbs + two * cntr * lam_b * b[it]
 
-        # 3. the optimizer step, one thread per row slot
-        for s in prange(nu):
-            u = uniq_u[s]
+        # 3. the optimizer step, one thread per row slot (users, then items)
+        for s_ in prange(nu + ni):
+            s = np.int64(s_)
+            if s < nu:
+                X = P
+                mX = mP
+                vX = vP
+                r = uniq_u[s]
+                gX = gU
+                JX = JU
+                sr = s
+            else:
+                X = Q
+                mX = mQ
+                vX = vQ
+                r = uniq_i[s - nu]
+                gX = gI
+                JX = JI
+                sr = s - nu
             kst = np.int64(0)
             if opt == 1:
-                cnt_u[u] += 1
-                kst = cnt_u[u]
-            bc1 = one - beta1 ** np.float32(kst)
-            bc2 = one - beta2 ** np.float32(kst)
-            for d in range(f):
-                if learn_lam:
-                    oldU[s, d] = P[u, d]
-                G = gU[s, d]
-                if opt == 0:
-                    P[u, d] = P[u, d] - lr * G
+                if s < nu:
+                    cnt_u[r] += 1
+                    kst = cnt_u[r]
                 else:
-                    mn = beta1 * mP[u, d] + (one - beta1) * G
-                    vn = beta2 * vP[u, d] + (one - beta2) * G * G
-                    mP[u, d] = mn
-                    vP[u, d] = vn
-                    P[u, d] = P[u, d] - lr * (mn / bc1) / (np.sqrt(vn / bc2) + eps)
-        for s in prange(ni):
-            it = uniq_i[s]
-            kst = np.int64(0)
-            if opt == 1:
-                cnt_i[it] += 1
-                kst = cnt_i[it]
-            bc1 = one - beta1 ** np.float32(kst)
-            bc2 = one - beta2 ** np.float32(kst)
-            for d in range(f):
-                if learn_lam:
-                    oldI[s, d] = Q[it, d]
-                G = gI[s, d]
+                    cnt_i[r] += 1
+                    kst = cnt_i[r]
+            bc1 = one - pw1[kst]
+            bc2 = one - pw2[kst]
+            if learn_lam:  # keep theta_old for the Lambda step
+                for d in range(f):
+                    JX[sr, d] = X[r, d]
+            if opt == 0:
+                for d in range(f):
+                    X[r, d] -= lr * gX[sr, d]
+            else:
+                for d in range(f):
+                    G = gX[sr, d]
+                    mn = beta1 * mX[r, d] + (one - beta1) * G
+                    vn = beta2 * vX[r, d] + (one - beta2) * G * G
+                    mX[r, d] = mn
+                    vX[r, d] = vn
+                    X[r, d] -= lr * (mn / bc1) / (np.sqrt(vn / bc2) + eps)
+            if use_bias and s >= nu:
+                G = gb[sr]
                 if opt == 0:
-                    Q[it, d] = Q[it, d] - lr * G
+                    b[r] = b[r] - lr * G
                 else:
-                    mn = beta1 * mQ[it, d] + (one - beta1) * G
-                    vn = beta2 * vQ[it, d] + (one - beta2) * G * G
-                    mQ[it, d] = mn
-                    vQ[it, d] = vn
-                    Q[it, d] = Q[it, d] - lr * (mn / bc1) / (np.sqrt(vn / bc2) + eps)
-            if use_bias:
-                G = gb[s]
-                if opt == 0:
-                    b[it] = b[it] - lr * G
-                else:
-                    mn = beta1 * mb[it] + (one - beta1) * G
-                    vn = beta2 * vb[it] + (one - beta2) * G * G
-                    mb[it] = mn
-                    vb[it] = vn
-                    b[it] = b[it] - lr * (mn / bc1) / (np.sqrt(vn / bc2) + eps)
+                    mn = beta1 * mb[r] + (one - beta1) * G
+                    vn = beta2 * vb[r] + (one - beta2) * G * G
+                    mb[r] = mn
+                    vb[r] = vn
+                    b[r] = b[r] - lr * (mn / bc1) / (np.sqrt(vn / bc2) + eps)
 
         # 4. lambdaOpt: Lambda step on a validation batch at the new parameters
         if learn_lam:
@@ -438,30 +466,30 @@ def bpr_train(
                 tq = v0 + q
                 if vj[tq] < 0:
                     vc[q] = 0.0
-                    vloss[q] = 0.0
+                    vloss[q] = -1.0
                     continue
                 xq = _triple_x(P, Q, b, use_bias, vu[tq], vi[tq], vj[tq])
                 vc[q] = -one / (one + np.exp(xq))
                 vloss[q] = _softplus(-np.float64(xq))
             nvalid = 0
             vsum = 0.0
-            for k in range(Bv):
-                if vj[v0 + k] >= 0:
+            for q in range(Bv):
+                if vloss[q] >= 0:
+                    vsum += vloss[q]
                     nvalid += 1
-                    vsum += vloss[k]
             stats[2] += vsum
             stats[3] += nvalid
             if nvalid > 0:
                 inv = one / np.float32(nvalid)
-                # d l_val / d theta for the rows of the training batch (serial: scattered rows)
-                for k in range(Bv):
-                    t = v0 + k
+                # d l_val / d theta_bar for the rows of the training batch (serial: scattered rows)
+                for q in range(Bv):
+                    t = v0 + q
                     if vj[t] < 0:
                         continue
                     u = vu[t]
                     i = vi[t]
                     j = vj[t]
-                    ck = vc[k] * inv
+                    ck = vc[q] * inv
                     su = uslot[u]
                     if su >= 0:
                         hasU[su] = True
@@ -477,48 +505,114 @@ def bpr_train(
                         hasI[sj] = True
                         for d in range(f):
                             aI[sj, d] -= ck * P[u, d]
-                # chain through the simulated step: d theta_bar / d Lambda = d theta_bar/dG * 2 n theta
+                # rows that own their Lambda entries: hyper-gradient a * J and Lambda's
+                # lazy Adam step in parallel (no entry is shared between rows)
+                for s_ in prange(nu + ni):
+                    s = np.int64(s_)
+                    if s < nu:
+                        if not (user_rows and hasU[s]):
+                            continue
+                        r = uniq_u[s]
+                        base = base_u + r * su_row
+                        col = su_col
+                        aX = aU
+                        JX = JU
+                        hX = hasU
+                        sr = s
+                        X = P
+                        mX = mP
+                        vX = vP
+                        gX = gU
+                        cntr = np.float32(uptr[s + 1] - uptr[s])
+                        kst = cnt_u[r]
+                    else:
+                        sr = s - nu
+                        if not (item_rows and hasI[sr]):
+                            continue
+                        r = uniq_i[sr]
+                        base = base_i + r * si_row
+                        col = si_col
+                        aX = aI
+                        JX = JI
+                        hX = hasI
+                        X = Q
+                        mX = mQ
+                        vX = vQ
+                        gX = gI
+                        cntr = np.float32(iptr[sr + 1] - iptr[sr])
+                        kst = cnt_i[r]
+                    bc1 = one - pw1[kst]
+                    bc2 = one - pw2[kst]
+                    for d in range(f):
+                        idx = base + d * col
+                        if opt == 0:
+                            dG = -lr
+                        else:
+                            dG = _adam_dtheta_dG(gX[sr, d], mX[r, d], vX[r, d], bc1, bc2, lr, beta1, beta2, eps)
+                        g = aX[sr, d] * dG * two * cntr * JX[sr, d]
+                        aX[sr, d] = 0.0
+                        if want_grad:
+                            grad_out[idx] += g
+                        cL[idx] += 1
+                        mn = beta1 * mL[idx] + (one - beta1) * g
+                        vn = beta2 * vL[idx] + (one - beta2) * g * g
+                        mL[idx] = mn
+                        vL[idx] = vn
+                        kl = cL[idx]
+                        nv = lam[idx] - lam_lr * (mn / (one - pw1[kl])) / (np.sqrt(vn / (one - pw2[kl])) + eps)
+                        lam[idx] = nv if nv > 0 else np.float32(0.0)
+                    hX[sr] = False
+                # shared entries (global, D, and the per-dimension side of DU / DI): serial sum
                 nt = 0
-                for s in range(nu):
-                    if not hasU[s]:
-                        continue
-                    u = uniq_u[s]
-                    cntr = np.float32(uptr[s + 1] - uptr[s])
+                for s in range(nu + ni):
+                    if s < nu:
+                        if user_rows or not hasU[s]:
+                            continue
+                        r = uniq_u[s]
+                        base = base_u + r * su_row
+                        col = su_col
+                        aX = aU
+                        JX = JU
+                        hX = hasU
+                        sr = s
+                        X = P
+                        mX = mP
+                        vX = vP
+                        gX = gU
+                        cntr = np.float32(uptr[s + 1] - uptr[s])
+                        kst = cnt_u[r]
+                    else:
+                        sr = s - nu
+                        if item_rows or not hasI[sr]:
+                            continue
+                        r = uniq_i[sr]
+                        base = base_i + r * si_row
+                        col = si_col
+                        aX = aI
+                        JX = JI
+                        hX = hasI
+                        X = Q
+                        mX = mQ
+                        vX = vQ
+                        gX = gI
+                        cntr = np.float32(iptr[sr + 1] - iptr[sr])
+                        kst = cnt_i[r]
+                    bc1 = one - pw1[kst]
+                    bc2 = one - pw2[kst]
                     for d in range(f):
+                        idx = base + d * col
                         if opt == 0:
                             dG = -lr
                         else:
-                            dG = _adam_dtheta_dG(gU[s, d], mP[u, d], vP[u, d], cnt_u[u], lr, beta1, beta2, eps)
-                        h = aU[s, d] * dG * two * cntr * oldU[s, d]
-                        idx = base_u + u * su_row + d * su_col
-                        lgrad[idx] += h
+                            dG = _adam_dtheta_dG(gX[sr, d], mX[r, d], vX[r, d], bc1, bc2, lr, beta1, beta2, eps)
+                        lgrad[idx] += aX[sr, d] * dG * two * cntr * JX[sr, d]
+                        aX[sr, d] = 0.0
                         if not lflag[idx]:
                             lflag[idx] = True
                             ltouched[nt] = idx
                             nt += 1
-                        aU[s, d] = 0.0
-                    hasU[s] = False
-                for s in range(ni):
-                    if not hasI[s]:
-                        continue
-                    it = uniq_i[s]
-                    cntr = np.float32(iptr[s + 1] - iptr[s])
-                    for d in range(f):
-                        if opt == 0:
-                            dG = -lr
-                        else:
-                            dG = _adam_dtheta_dG(gI[s, d], mQ[it, d], vQ[it, d], cnt_i[it], lr, beta1, beta2, eps)
-                        h = aI[s, d] * dG * two * cntr * oldI[s, d]
-                        idx = base_i + it * si_row + d * si_col
-                        lgrad[idx] += h
-                        if not lflag[idx]:
-                            lflag[idx] = True
-                            ltouched[nt] = idx
-                            nt += 1
-                        aI[s, d] = 0.0
-                    hasI[s] = False
-                # Lambda's own lazy Adam, then the projection onto Lambda >= 0
-                for e in prange(nt):
+                    hX[sr] = False
+                for e in range(nt):
                     idx = ltouched[e]
                     g = lgrad[idx]
                     if want_grad:
@@ -528,9 +622,8 @@ def bpr_train(
                     vn = beta2 * vL[idx] + (one - beta2) * g * g
                     mL[idx] = mn
                     vL[idx] = vn
-                    bc1 = one - beta1 ** np.float32(cL[idx])
-                    bc2 = one - beta2 ** np.float32(cL[idx])
-                    nv = lam[idx] - lam_lr * (mn / bc1) / (np.sqrt(vn / bc2) + eps)
+                    kl = cL[idx]
+                    nv = lam[idx] - lam_lr * (mn / (one - pw1[kl])) / (np.sqrt(vn / (one - pw2[kl])) + eps)
                     lam[idx] = nv if nv > 0 else np.float32(0.0)
                     lgrad[idx] = 0.0
                     lflag[idx] = False

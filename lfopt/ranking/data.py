@@ -107,7 +107,7 @@ def implicit_split(
             raise DataError(
                 f"the {kc}-core of the data is empty: no user and item keep {kc} positives "
                 f"({implicit.nnz} positives, {implicit.n_users} users, {implicit.n_items} items before "
-                "filtering); lower --k-core"
+                "filtering); lower k_core"
             ) from None
     else:
         # drop users/items with no positive so the index space is compact
@@ -130,21 +130,3 @@ def implicit_split(
     }
     return ImplicitSplit(train.with_values(1.0, "train"), valid.with_values(1.0, "valid"),
                          test.with_values(1.0, "test"), info)
-
-
-def merged_csr(parts, n_users: int, n_items: int):
-    """One CSR (indptr int64, indices int32 sorted within each user) of the union of
-    several ``Interactions`` over the same index space (duplicates removed)."""
-    parts = [p for p in parts if p is not None and p.nnz]
-    if not parts:
-        return np.zeros(n_users + 1, dtype=np.int64), np.zeros(0, dtype=np.int32)
-    if len(parts) == 1:
-        v = parts[0].csr
-        return v.indptr, v.indices
-    u = np.concatenate([p.users for p in parts]).astype(np.int64)
-    i = np.concatenate([p.items for p in parts]).astype(np.int64)
-    key = np.unique(u * n_items + i)
-    users = key // n_items
-    indptr = np.zeros(n_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(users, minlength=n_users), out=indptr[1:])
-    return indptr, (key % n_items).astype(np.int32)

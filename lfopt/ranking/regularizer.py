@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
+from ..eval.ranking import activity_buckets  # noqa: F401  (re-exported)
 
 GRANULARITIES = ("global", "D", "DU", "DI", "DUI")
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -111,31 +112,6 @@ def _stats(x: np.ndarray) -> dict:
     for p, v in zip(PERCENTILES, np.percentile(x, PERCENTILES)):
         out[f"p{p}"] = float(v)
     return out
-
-
-def activity_buckets(counts: np.ndarray, n_buckets: int = 4) -> tuple[np.ndarray, list]:
-    """Assign rows to ``n_buckets`` activity buckets (quantiles of ``counts``).
-
-    Returns (bucket index per row, list of (low, high) inclusive count ranges).
-    Rows with equal counts always share a bucket, so there may be fewer buckets.
-    """
-    counts = np.asarray(counts)
-    qs = np.quantile(counts, np.linspace(0, 1, n_buckets + 1)[1:-1]) if len(counts) else []
-    edges = np.unique(np.floor(qs).astype(np.int64))
-    bucket = np.searchsorted(edges, counts, side="left")
-    ranges = []
-    lo = int(counts.min()) if len(counts) else 0
-    for k in range(len(edges) + 1):
-        sel = counts[bucket == k]
-        if len(sel):
-            ranges.append((int(sel.min()), int(sel.max())))
-        else:
-            ranges.append((lo, lo))
-    # drop empty buckets, re-number
-    used = np.unique(bucket)
-    remap = np.full(len(edges) + 1, -1, dtype=np.int64)
-    remap[used] = np.arange(len(used))
-    return remap[bucket], [ranges[k] for k in used]
 
 
 def lambda_summary(layout: LambdaLayout, lam: np.ndarray, user_counts=None, item_counts=None,
