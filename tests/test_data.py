@@ -125,7 +125,8 @@ class TestIdMaps:
 
 class TestViews:
     @pytest.fixture(scope="class")
-    def data(self):
+    @classmethod
+    def data(cls):
         rng = np.random.default_rng(5)
         keys = rng.choice(40 * 30, size=300, replace=False)
         users, items = keys // 30, keys % 30
@@ -439,7 +440,8 @@ def test_fixed_split_needs_a_fixed_split(small_synthetic):
 # ================================================================== synthetic
 class TestSynthetic:
     @pytest.fixture(scope="class")
-    def gen(self):
+    @classmethod
+    def gen(cls):
         return lfopt.synthetic(n_users=2000, n_items=1500, nnz=60_000, seed=1, return_info=True)
 
     def test_shape_and_nnz(self, gen):
