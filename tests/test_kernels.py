@@ -116,26 +116,32 @@ def test_minibatch_estimates_are_unbiased_and_exact_on_full_batch(use_bias):
     assert _rel(avg, g) < 1e-4
 
 
+@pytest.mark.parametrize("reshuffle", [False, True])
 @pytest.mark.parametrize("use_bias", [True, False])
-def test_sgd_epoch_visits_every_entry_once_per_epoch(use_bias):
+def test_sgd_epoch_visits_every_entry_once_per_epoch(use_bias, reshuffle):
     """With lr -> 0 an SGD epoch's update is -lr times the full gradient (every entry once)."""
     data, obj, y = _setup(use_bias)
     g = np.zeros_like(y)
     obj.loss_grad(y, g)
     lr = 1e-4
     y2 = y.astype(np.float32).copy()
-    obj.sgd_epoch(y2, lr, seed=7)
+    obj.sgd_epoch(y2, lr, seed=7, reshuffle=reshuffle)
     step = (y2.astype(np.float64) - y) / -lr
     assert _rel(step, g) < 5e-2  # first-order agreement (O(lr) drift within the epoch)
 
 
-def test_sgd_epoch_is_deterministic_given_seed():
+@pytest.mark.parametrize("reshuffle", [False, True])
+def test_sgd_epoch_is_deterministic_given_seed(reshuffle):
     data, obj, y = _setup(True)
     a, b = y.copy(), y.copy()
-    obj.sgd_epoch(a, 0.01, seed=3)
+    obj.sgd_epoch(a, 0.01, seed=3, reshuffle=reshuffle)
     obj._sgd_layout = None  # rebuild the layout: same result
-    obj.sgd_epoch(b, 0.01, seed=3)
+    obj.sgd_epoch(b, 0.01, seed=3, reshuffle=reshuffle)
     np.testing.assert_array_equal(a, b)
+    if reshuffle:  # another seed visits the entries in another order
+        c = y.copy()
+        obj.sgd_epoch(c, 0.01, seed=4, reshuffle=True)
+        assert np.abs(c - a).max() > 0
 
 
 @pytest.mark.parametrize("use_bias", [True, False])

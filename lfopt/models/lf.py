@@ -209,7 +209,9 @@ class LFObjective:
             ig = rng.integers(0, nb, self.n)
             t = self.train
             block = ug[t.users].astype(np.int64) * nb + ig[t.items]
-            order = np.argsort(block, kind="stable")
+            # grouped by block, in random order within each block
+            shuffled = rng.permutation(self.nnz)
+            order = shuffled[np.argsort(block[shuffled], kind="stable")]
             ptr = np.zeros(nb * nb + 1, dtype=np.int64)
             np.cumsum(np.bincount(block, minlength=nb * nb), out=ptr[1:])
             self._sgd_layout = (
@@ -222,11 +224,15 @@ class LFObjective:
             )
         return self._sgd_layout
 
-    def sgd_epoch(self, y: np.ndarray, lr: float, seed: int) -> float:
-        """One epoch of per-entry SGD (in place); returns the epoch's mean squared residual."""
+    def sgd_epoch(self, y: np.ndarray, lr: float, seed: int, reshuffle: bool = False) -> float:
+        """One epoch of per-entry SGD (in place); returns the epoch's mean squared residual.
+
+        Entries are stored shuffled within their DSGD block once; ``reshuffle``
+        draws a fresh order every epoch (slower: scattered reads).
+        """
         rows, cols, vals, ptr, nb, perm = self._sgd_blocks()
         bu, bi, P, Q = self.unpack(y)
-        sse = K.sgd_epoch(rows, cols, vals, ptr, nb, perm, np.uint64(seed), self.mu, bu, bi, P, Q,
+        sse = K.sgd_epoch(rows, cols, vals, ptr, nb, perm, reshuffle, np.uint64(seed), self.mu, bu, bi, P, Q,
                           np.float32(lr), self.lam, self.lam_b, self.use_bias)
         return sse / self.nnz
 

@@ -14,19 +14,22 @@ class SGD(Optimizer):
     """Per-entry SGD in shuffled order (parallel DSGD strata), per-visit L2.
 
     ``lr`` is the step size; it is multiplied by ``decay`` after every epoch.
+    Entries are shuffled within their block once (LIBMF-style);
+    ``reshuffle=True`` draws a new order every epoch, at some cost in speed.
     """
 
     name = "sgd"
 
-    def __init__(self, lr: float = 0.01, decay: float = 1.0, seed: int = 0):
+    def __init__(self, lr: float = 0.01, decay: float = 1.0, reshuffle: bool = False, seed: int = 0):
         super().__init__(seed)
         self.lr = positive("lr", lr)
         self.decay = positive("decay", decay)
+        self.reshuffle = bool(reshuffle)
 
     def epoch(self, obj, y, epoch):
         lr = self.lr * self.decay ** (epoch - 1)
         seed = (self.seed * 1_000_003 + epoch) & 0x7FFFFFFFFFFFFFFF
-        mse = obj.sgd_epoch(y, lr, seed)
+        mse = obj.sgd_epoch(y, lr, seed, self.reshuffle)
         return {"lr": lr, "sgd_mse": mse}
 
 
