@@ -107,10 +107,6 @@ class LFObjective:
         self.last_sse = float(K.sum_squares(self._residuals(y)))
         return 0.5 * self.last_sse + self._penalty(y)
 
-    def sse(self, y: np.ndarray) -> float:
-        """Sum of squared training residuals."""
-        return float(K.sum_squares(self._residuals(y)))
-
     def loss_grad(self, y: np.ndarray, g: np.ndarray) -> float:
         """Fill ``g`` with the gradient at ``y``; return the loss."""
         bu, bi, P, Q = self.unpack(y)
