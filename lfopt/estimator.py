@@ -169,15 +169,18 @@ class LatentFactorModel:
         return y[:m] if nb else y[:0], y[m:nb] if nb else y[:0], y[nb:nb + m * f].reshape(m, f), y[nb + m * f:].reshape(n, f)
 
     # ------------------------------------------------------------- prediction
-    def _aligned(self, data: Interactions, train_like, what: str) -> Interactions:
-        """``data`` re-indexed into the model's index space (unknown IDs get index -1 -> dropped)."""
-        uids = train_like.user_ids if isinstance(train_like, Interactions) else self.user_ids_
-        iids = train_like.item_ids if isinstance(train_like, Interactions) else self.item_ids_
+    @staticmethod
+    def _same_index_space(data: Interactions, user_ids, item_ids) -> bool:
+        """Whether ``data`` indexes users and items exactly as ``user_ids``/``item_ids`` do."""
+        return (data.user_ids is user_ids or np.array_equal(data.user_ids, user_ids)) and (
+            data.item_ids is item_ids or np.array_equal(data.item_ids, item_ids)
+        )
+
+    def _aligned(self, data: Interactions, train: Interactions, what: str) -> Interactions:
+        """``data`` itself, after checking it shares ``train``'s index space (a split of the same data)."""
         if not isinstance(data, Interactions):
             raise DataError(f"{what} must be an lfopt.Interactions, got {type(data).__name__}")
-        if (data.user_ids is uids or np.array_equal(data.user_ids, uids)) and (
-            data.item_ids is iids or np.array_equal(data.item_ids, iids)
-        ):
+        if self._same_index_space(data, train.user_ids, train.item_ids):
             return data
         raise DataError(
             f"{what} does not share the training data's index space; build it with a split of the same "
@@ -246,8 +249,7 @@ class LatentFactorModel:
         self._check_fitted()
         if not isinstance(test, Interactions):
             raise DataError(f"test must be an lfopt.Interactions, got {type(test).__name__}")
-        same = np.array_equal(test.user_ids, self.user_ids_) and np.array_equal(test.item_ids, self.item_ids_)
-        if same:
+        if self._same_index_space(test, self.user_ids_, self.item_ids_):
             rows, cols = test.users, test.items
         else:
             rows, cols = self._index(test.user_ids[test.users], test.item_ids[test.items])

@@ -157,7 +157,7 @@ class HessianFree(Optimizer):
 
     def epoch(self, obj, y, epoch):
         if self._buf is None:
-            self._buf = {k: np.empty_like(y) for k in ("g", "g2", "z", "tmp", "diag", "trial")}
+            self._buf = {k: np.empty_like(y) for k in ("g", "g2", "z", "diag", "trial")}
         b = self._buf
         z, gz, loss0 = self.model_point(obj, y, b["g"], obj.loss_grad(y, b["g"]), b)
         rhs = -gz
