@@ -153,7 +153,7 @@ def bench_timings(args, out):
         epochs = []
 
         def cb(model, row, epochs=epochs):
-            epochs.append(row["train_seconds"])
+            epochs.append(row["epoch_seconds"])
 
         BPRMF(rank=64, epochs=4, patience=None, **kw).fit(split, callback=cb)
         ep = epochs[1:]  # the first epoch may include numba's compilation or cache loading

@@ -18,7 +18,7 @@ import numpy as np
 
 from .data.interactions import Interactions
 from .data.split import fixed_split, random_split, train_valid_test_split
-from .estimator import LatentFactorModel
+from .estimators import LatentFactorModel
 
 TARGET_FRACTION = 0.005  # "within 0.5 % of SGD's best RMSE"
 

@@ -102,7 +102,8 @@ class TestRoundTrip:
         with np.load(saved, allow_pickle=False) as z:  # would raise if any member needed pickle
             assert META_KEY in z.files and "params" in z.files
         meta = json.loads(npz_members(saved)[META_KEY].tobytes().decode())
-        assert meta["format"] == "lfopt-latent-factor-model" and meta["lfopt_version"] == lfopt.__version__
+        assert meta["format"] == "lfopt-model" and meta["model"] == "latent_factor"
+        assert meta["lfopt_version"] == lfopt.__version__
 
     def test_unfitted_model_cannot_be_saved(self, tmp_path):
         with pytest.raises(lfopt.ConfigError, match="not fitted"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lfopt.kernels.bpr import bpr_train
-from lfopt.ranking.regularizer import GRANULARITIES, LambdaLayout
+from lfopt.regularizers.lambda_opt import GRANULARITIES, LambdaLayout
 
 torch = pytest.importorskip("torch")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..estimator import load as load_model
+from ..estimators import load as load_model
 from ..results import check_writable, write_json
 from .common import add_data_options, load_dataset
 

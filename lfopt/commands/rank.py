@@ -9,8 +9,8 @@ from ..errors import ConfigError
 from ..eval.ranking import parse_metric
 from ..results import check_writable, peak_memory_mb, write_json
 from ..ranking.data import implicit_split
-from ..ranking.model import BPRMF, OPTIMIZERS, REGULARIZERS
-from ..ranking.regularizer import GRANULARITIES
+from ..estimators.bpr import BPRMF, OPTIMIZERS, REGULARIZERS
+from ..regularizers.lambda_opt import GRANULARITIES
 from ..ranking.search import grid_search
 from .common import add_data_options, add_output_options, load_dataset, say
 
@@ -169,7 +169,7 @@ def run(args) -> int:
         "best_valid": model.best_valid_, "valid_metric": args.metric,
         "lambda": model.effective_lam if args.regularizer == "fixed" else None,
         "train_seconds": seconds, "eval_seconds": eval_seconds,
-        "seconds_per_epoch": (sum(h["train_seconds"] for h in model.history_) / max(1, len(model.history_))),
+        "seconds_per_epoch": (sum(h["epoch_seconds"] for h in model.history_) / max(1, len(model.history_))),
         "peak_memory_mb": peak_memory_mb(),
         "options": {k: v for k, v in vars(args).items() if not k.startswith("_")}
         | {"model_params": model.get_params()},

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from ..estimator import load as load_model
+from ..estimators import load as load_model
 
 
 def add_parser(sub):

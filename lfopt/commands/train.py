@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from ..data.split import random_split
-from ..estimator import LatentFactorModel
+from ..estimators import LatentFactorModel
 from ..optim.base import make_optimizer
 from ..results import check_writable, model_path, peak_memory_mb, write_json
 from .common import add_data_options, add_output_options, load_dataset, say, split_dataset

@@ -38,15 +38,25 @@ METRICS = ("auc", "hr", "ndcg", "recall", "precision")
 
 def merged_csr(parts, n_users: int, n_items: int):
     """One CSR (indptr int64, indices int32 sorted within each user) of the union of
-    several ``Interactions`` over the same index space (duplicates removed)."""
-    parts = [p for p in parts if p is not None and p.nnz]
+    several ``Interactions`` (or ``(indptr, indices)`` CSR pairs) over the same index
+    space (duplicates removed)."""
+    parts = [p for p in parts if p is not None and (len(p[1]) if isinstance(p, tuple) else p.nnz)]
     if not parts:
         return np.zeros(n_users + 1, dtype=np.int64), np.zeros(0, dtype=np.int32)
     if len(parts) == 1:
+        if isinstance(parts[0], tuple):
+            return parts[0]
         v = parts[0].csr
         return v.indptr, v.indices
-    u = np.concatenate([p.users for p in parts]).astype(np.int64)
-    i = np.concatenate([p.items for p in parts]).astype(np.int64)
+
+    def coo(p):
+        if isinstance(p, tuple):  # a CSR (indptr, indices) already
+            return np.repeat(np.arange(n_users, dtype=np.int64), np.diff(p[0])), np.asarray(p[1], dtype=np.int64)
+        return p.users.astype(np.int64), p.items.astype(np.int64)
+
+    pairs = [coo(p) for p in parts]
+    u = np.concatenate([a for a, _ in pairs])
+    i = np.concatenate([b for _, b in pairs])
     key = np.unique(u * n_items + i)
     users = key // n_items
     indptr = np.zeros(n_users + 1, dtype=np.int64)

@@ -40,7 +40,7 @@ lambdaOpt's Lambda step
 Lambda lives in one flat array; ``lam_map = (base_u, su_row, su_col, base_i,
 si_row, si_col)`` gives the position of user u's dimension d as
 ``base_u + u*su_row + d*su_col`` and of item i's as ``base_i + i*si_row + d*si_col``
-(zero strides share an entry; see :mod:`lfopt.ranking.regularizer`).
+(zero strides share an entry; see :mod:`lfopt.regularizers.lambda_opt`).
 
 After the Theta step theta' = U(theta, G(Lambda)) with G = g + 2 n Lambda * theta
 (g the data gradient, all at the parameters before the step), the Lambda step

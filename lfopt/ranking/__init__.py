@@ -14,8 +14,8 @@ Quick start::
 
 from ..eval.ranking import full_ranking_metrics, iter_topk, per_user_metrics, topk
 from .data import ImplicitSplit, implicit_split, to_implicit
-from .model import BPRMF
-from .regularizer import GRANULARITIES, LambdaLayout
+from ..estimators.bpr import BPRMF
+from ..regularizers.lambda_opt import GRANULARITIES, LambdaLayout
 from .search import grid_search
 
 __all__ = [

@@ -30,7 +30,7 @@ def plot_validation(runs: dict, metric: str, path, overwrite: bool = False) -> P
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     for name, hist in runs.items():
-        pts = [(h["epoch"], h["valid"][metric]) for h in hist if "valid" in h]
+        pts = [(h["epoch"], h[f"valid_{metric}"]) for h in hist if f"valid_{metric}" in h]
         if pts:
             ax1.plot(*zip(*pts), label=name)
         ax2.plot([h["epoch"] for h in hist], [h["train_loss"] for h in hist], label=name)

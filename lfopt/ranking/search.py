@@ -6,7 +6,7 @@ import math
 
 from ..errors import ConfigError
 from .data import ImplicitSplit
-from .model import BPRMF
+from ..estimators.bpr import BPRMF
 
 
 def grid_search(split: ImplicitSplit, lambdas, metric: str = "ndcg@50", verbose: bool = False, **params):

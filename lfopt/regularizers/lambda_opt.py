@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from ..eval.ranking import activity_buckets  # noqa: F401  (re-exported)
+
 
 GRANULARITIES = ("global", "D", "DU", "DI", "DUI")
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -135,3 +135,99 @@ def lambda_summary(layout: LambdaLayout, lam: np.ndarray, user_counts=None, item
                 for k, r in enumerate(ranges)
             ]
     return out
+
+
+class LambdaOpt:
+    """lambdaOpt's regularizer: Lambda at a granularity, fixed or learned on validation data.
+
+    The penalty of a mini-batch is ``sum over occurrences of a row r of Lambda_r * theta_r^2``
+    (METHODS.md section 4).  With ``learn=False`` Lambda stays at ``init`` (MF-lambdaFix is
+    ``LambdaOpt("global", lam, learn=False)``); with ``learn=True`` every training step is
+    followed by a hyper-gradient step on Lambda (:meth:`hyper_step`, or fused inside a
+    backend's BPR kernel), Lambda's own lazy Adam with learning rate ``lr``, projected
+    onto Lambda >= 0.  Lambda and its optimizer state are learned state, saved with the
+    model and restored with the best epoch.
+
+    >>> reg = LambdaOpt("DU", init=0.1, learn=True)
+    >>> reg.bind(n_users=3, n_items=2, rank=4)
+    >>> reg.lam.shape, reg.user_view().shape, reg.item_view().shape
+    ((16,), (3, 4), (1, 4))
+    """
+
+    name = "lambdaopt"
+
+    def __init__(self, granularity: str = "DUI", init: float = 0.0, learn: bool = True, lr: float = 1e-3):
+        self.granularity = check_granularity(granularity)
+        if not np.isfinite(init) or init < 0:
+            raise ConfigError(f"the initial lambda must be a finite number >= 0, got {init!r}")
+        if not np.isfinite(lr) or lr < 0:
+            raise ConfigError(f"lambda's learning rate must be a finite number >= 0, got {lr!r}")
+        self.init = float(init)
+        self.learn = bool(learn)
+        self.lr = float(lr)
+        self.layout = None
+        self.lam = None
+
+    def get_params(self) -> dict:
+        return {"granularity": self.granularity, "init": self.init, "learn": self.learn, "lr": self.lr}
+
+    def bind(self, n_users: int, n_items: int, rank: int) -> None:
+        """Size Lambda for a model and reset it (and its optimizer state) to ``init``."""
+        self.layout = LambdaLayout(self.granularity, n_users, n_items, rank)
+        self.lam = self.layout.init(self.init)
+        self.m = np.zeros_like(self.lam)
+        self.v = np.zeros_like(self.lam)
+        self.count = np.zeros(self.lam.shape[0], dtype=np.int64)
+
+    def user_view(self):
+        return self.layout.user_view(self.lam)
+
+    def item_view(self):
+        return self.layout.item_view(self.lam)
+
+    def state(self) -> dict:
+        return {"lambda": self.lam, "lambda_m": self.m, "lambda_v": self.v, "lambda_count": self.count}
+
+    def set_state(self, state: dict) -> None:
+        for key, attr in (("lambda", "lam"), ("lambda_m", "m"), ("lambda_v", "v"), ("lambda_count", "count")):
+            if key in state:
+                getattr(self, attr)[...] = state[key]
+
+    def hyper_step(self, rows, side: str, a, dtheta_dG, occurrences, theta_old, beta1=0.9, beta2=0.999,
+                   eps=1e-8, grad_out=None) -> None:
+        """One Lambda step from the rows of one training step (the composed path, numpy).
+
+        ``rows`` (r,) the rows of ``side`` ("user" or "item") updated by the step,
+        ``a`` (r, f) the validation loss's gradient at the new parameters,
+        ``dtheta_dG`` (r, f) the derivative of the step's new theta with respect to
+        the regularized gradient G (-lr for SGD), ``occurrences`` (r,) each row's
+        count in the training batch, ``theta_old`` (r, f) the rows before the step.
+        d l_val / d Lambda_(r,d) = a * dtheta_dG * 2 n_r theta_old, summed over the
+        entries sharing a Lambda; then Lambda's lazy Adam step, projected onto >= 0.
+        Call it for the users and then the items of a step (the fused kernel's order).
+        """
+        if not self.learn:
+            return
+        base, srow, scol = self.layout.lam_map()[:3] if side == "user" else self.layout.lam_map()[3:]
+        f = self.layout.rank
+        g = a * dtheta_dG * (2.0 * np.asarray(occurrences, np.float32)[:, None]) * theta_old
+        idx = (base + np.asarray(rows, np.int64)[:, None] * srow + np.arange(f)[None, :] * scol).ravel()
+        total = np.zeros(self.lam.shape[0], dtype=np.float32)
+        np.add.at(total, idx, g.ravel().astype(np.float32))
+        touched = np.unique(idx)
+        if grad_out is not None:
+            grad_out[touched] += total[touched]
+        self._adam(touched, total[touched], np.float32(beta1), np.float32(beta2), np.float32(eps))
+
+    def _adam(self, idx, g, beta1, beta2, eps):
+        one = np.float32(1.0)
+        self.count[idx] += 1
+        k = self.count[idx]
+        m = beta1 * self.m[idx] + (one - beta1) * g
+        v = beta2 * self.v[idx] + (one - beta2) * g * g
+        self.m[idx] = m
+        self.v[idx] = v
+        bc1 = (one - beta1 ** k.astype(np.float32)).astype(np.float32)
+        bc2 = (one - beta2 ** k.astype(np.float32)).astype(np.float32)
+        new = self.lam[idx] - np.float32(self.lr) * (m / bc1) / (np.sqrt(v / bc2) + eps)
+        self.lam[idx] = np.maximum(new, 0).astype(np.float32)
