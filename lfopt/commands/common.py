@@ -30,6 +30,13 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", "-q", action="store_true", help="no progress output")
 
 
+def add_backend_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("backend")
+    g.add_argument("--backend", choices=("numba", "torch"), default="numba",
+                   help="numba (CPU kernels, default) or torch (needs PyTorch: pip install \"lfopt[torch]\")")
+    g.add_argument("--device", default=None, help="torch backend: cpu (default), cuda or cuda:N")
+
+
 def parse_columns(text: str | None):
     if not text:
         return None

@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DivergenceError
 from ..eval.ranking import parse_metric
 from ..results import check_writable, peak_memory_mb, write_json
 from ..ranking.data import implicit_split
 from ..estimators.bpr import BPRMF, OPTIMIZERS, REGULARIZERS
 from ..regularizers.lambda_opt import GRANULARITIES
 from ..ranking.search import grid_search
-from .common import add_data_options, add_output_options, load_dataset, say
+from .common import add_backend_options, add_data_options, add_output_options, load_dataset, say
 
 PLOT_FILES = ("rank_validation.png", "rank_lambda.png", "rank_grid.png")
 
@@ -85,6 +85,7 @@ def add_parser(sub):
     g.add_argument("--ks", default="10,20,50", help="cut-offs K of the reported metrics (default: 10,20,50)")
     g.add_argument("--buckets", type=int, default=4,
                    help="user activity buckets (quantiles of training positives) in the report (default: 4)")
+    add_backend_options(p)
     add_output_options(p)
     p.add_argument("--plots", metavar="DIR", help=f"write PNG plots into this folder ({', '.join(PLOT_FILES)})")
     p.add_argument("--save", metavar="MODEL.npz", help="save the trained model")
@@ -121,7 +122,7 @@ def _model_params(args, ks) -> dict:
                 lambda_holdout=args.lambda_holdout,
                 lam_bias=args.lam_bias, item_bias=args.item_bias, init_scale=args.init_scale,
                 valid_batch_size=args.valid_batch_size, patience=args.patience or None, metric=args.metric,
-                ks=ks, seed=args.seed, verbose=not args.quiet)
+                ks=ks, seed=args.seed, verbose=not args.quiet, backend=args.backend, device=args.device)
 
 
 def run(args) -> int:
@@ -158,6 +159,8 @@ def run(args) -> int:
     else:
         model = BPRMF(regularizer=args.regularizer, **params).fit(split)
     seconds = time.perf_counter() - t0
+    if model.stopped_ == "diverged":
+        raise DivergenceError(model.train_result_.message)
     t1 = time.perf_counter()
     test = model.evaluate(split.test, ks=ks, n_buckets=args.buckets)
     eval_seconds = time.perf_counter() - t1

@@ -10,14 +10,16 @@ from ..estimators import load as load_model
 
 
 def add_parser(sub):
-    p = sub.add_parser("recommend", help="top-k items for a user from a saved model",
-                       description="Print the k items with the highest predicted rating for each given user "
-                       "(original IDs), excluding the items the user rated in training unless --include-seen. "
-                       "An unknown user gets the items with the highest bias.")
-    p.add_argument("--model", required=True, metavar="MODEL.npz", help="a model saved by 'lfopt train --save'")
+    p = sub.add_parser("recommend", help="top-k items for a user from a saved model (any model)",
+                       description="Print the k items with the highest score for each given user (original "
+                       "IDs), excluding the items the user had in training unless --include-seen. Works with "
+                       "any saved model (lfopt train --save, lfopt rank --save). An unknown user gets the most "
+                       "popular items, with a warning.")
+    p.add_argument("--model", required=True, metavar="MODEL.npz",
+                   help="a model saved by 'lfopt train --save' or 'lfopt rank --save'")
     p.add_argument("--user", required=True, action="append", help="user ID (repeat for several users)")
     p.add_argument("-k", type=int, default=10, help="number of items (default: 10)")
-    p.add_argument("--include-seen", action="store_true", help="also recommend items rated in training")
+    p.add_argument("--include-seen", action="store_true", help="also recommend items seen in training")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 from ..data.split import random_split
+from ..errors import DivergenceError
 from ..estimators import LatentFactorModel
 from ..optim.base import make_optimizer
 from ..results import check_writable, model_path, peak_memory_mb, write_json
-from .common import add_data_options, add_output_options, load_dataset, say, split_dataset
+from .common import add_backend_options, add_data_options, add_output_options, load_dataset, say, split_dataset
 
 OPTIMIZERS = ("sgd", "adam", "als", "adago", "slf", "sslf")
 
@@ -20,7 +21,8 @@ OPTIMIZER_FLAGS = [
     ("--damping", "damping", float, "adago: damping a added to the GN diagonal; slf/sslf: initial LM damping"),
     ("--cg-iters", "cg_iters", int, "slf/sslf: at most this many CG iterations per step"),
     ("--cg-tol", "cg_tol", float, "slf/sslf: relative residual at which CG stops"),
-    ("--rho", "rho", float, "sslf: radius of the sharpness-aware perturbation"),
+    ("--rho", "rho", float, "radius of the sharpness-aware perturbation, with any optimizer but als "
+     "(sslf = slf with --rho, default 0.05)"),
 ]
 
 
@@ -40,6 +42,7 @@ def add_model_options(p) -> None:
         g.add_argument(flag, dest=dest, type=typ, default=None, help=text)
     g.add_argument("--precondition", choices=("block", "jacobi", "none"), default=None,
                    help="slf/sslf: CG preconditioner (default: block, the per-user/per-item GN blocks)")
+    add_backend_options(p)
 
 
 def add_parser(sub):
@@ -78,7 +81,8 @@ def build_model(args, rank: int) -> LatentFactorModel:
     lam = args.lam if args.lam is not None else default_lambda(args.optimizer)
     return LatentFactorModel(rank=rank, optimizer=args.optimizer, epochs=args.epochs, lam=lam, lam_b=args.lam_b,
                              use_bias=not args.no_bias, init_scale=args.init_scale, seed=args.seed,
-                             patience=args.patience, verbose=not args.quiet, **optimizer_options(args))
+                             patience=args.patience, verbose=not args.quiet, backend=args.backend,
+                             device=args.device, **optimizer_options(args))
 
 
 def run(args) -> int:
@@ -97,8 +101,10 @@ def run(args) -> int:
     t0 = time.perf_counter()
     model.fit(train, valid)
     seconds = time.perf_counter() - t0
-    scores = model.evaluate(test)
     res = model.train_result_
+    if res.stopped == "diverged":
+        raise DivergenceError(res.message)
+    scores = model.evaluate(test)
     summary = {
         "data": args.data or "synthetic",
         "n_users": data.n_users, "n_items": data.n_items, "n_ratings": data.nnz,
