@@ -55,7 +55,7 @@ def run_one(name: str, train, valid, test, seed: int, rank: int, lam: float, epo
                               verbose=verbose, **options)
     rows, cols, truth = test.users, test.items, test.values
 
-    def track_test(row, m):
+    def track_test(m, row):
         scores = m._score_indices(rows, cols, truth)
         row["test_rmse"] = scores["rmse"]
         row["test_mae"] = scores["mae"]

@@ -142,3 +142,69 @@ class BPRObjective(Objective):
         if learn:
             out["valid_loss"] = stats[2] / max(stats[3], 1.0)
         return out
+
+
+def composed_sgd_step(obj: BPRObjective, y, tu, ti, tj, vu, vi, vj, lr: float) -> float:
+    """One mini-batch SGD step of BPR (and lambdaOpt's Lambda step) composed from plain
+    array operations and the regularizer's :meth:`~lfopt.regularizers.LambdaOpt.hyper_step`.
+
+    The reference for the fused kernel (:func:`lfopt.kernels.bpr.bpr_train`), which must
+    give the same result (tests/test_bpr_composed.py): the gradient of the batch's summed
+    loss with the penalty 2 n_r Lambda_r theta_r of the rows present, the step, then the
+    validation gradient at the new parameters and the hyper-gradient through the step.
+    numpy arrays, numba backend.  Returns the batch's summed training loss.
+    """
+    P, Q, b = obj.unpack(y)
+    reg = obj.regularizer
+    f32 = np.float32
+    lr = f32(lr)
+    ok = tj >= 0
+    tu, ti, tj = tu[ok].astype(np.int64), ti[ok].astype(np.int64), tj[ok].astype(np.int64)
+    x = np.einsum("td,td->t", P[tu], Q[ti] - Q[tj]) + ((b[ti] - b[tj]) if obj.item_bias else 0)
+    c = (-1.0 / (1.0 + np.exp(x))).astype(f32)
+    loss = float(np.logaddexp(0.0, -x.astype(np.float64)).sum())
+    users, uinv, ucnt = np.unique(tu, return_inverse=True, return_counts=True)
+    items, iinv = np.unique(np.concatenate([ti, tj]), return_inverse=True)
+    icnt = np.bincount(iinv, minlength=len(items))
+    sign = np.concatenate([np.ones(len(ti), f32), -np.ones(len(tj), f32)])
+    lu, li = reg.layout.expand(reg.lam)
+    gU = np.zeros((len(users), obj.f), f32)
+    np.add.at(gU, uinv, c[:, None] * (Q[ti] - Q[tj]))
+    gU += 2 * ucnt[:, None].astype(f32) * lu[users] * P[users]
+    gI = np.zeros((len(items), obj.f), f32)
+    np.add.at(gI, iinv, (np.concatenate([c, c]) * sign)[:, None] * P[np.concatenate([tu, tu])])
+    gI += 2 * icnt[:, None].astype(f32) * li[items] * Q[items]
+    old_U, old_I = P[users].copy(), Q[items].copy()
+    if obj.item_bias:
+        gb = np.zeros(len(items), f32)
+        np.add.at(gb, iinv, np.concatenate([c, c]) * sign)
+        b[items] -= lr * (gb + 2 * icnt.astype(f32) * f32(obj.lam_bias) * b[items])
+    P[users] -= lr * gU
+    Q[items] -= lr * gI
+    if reg.learn and len(vu):
+        okv = vj >= 0
+        vu, vi, vj = vu[okv].astype(np.int64), vi[okv].astype(np.int64), vj[okv].astype(np.int64)
+        xv = np.einsum("td,td->t", P[vu], Q[vi] - Q[vj]) + ((b[vi] - b[vj]) if obj.item_bias else 0)
+        cv = (-1.0 / (1.0 + np.exp(xv))).astype(f32) / f32(len(vu))
+        upos = np.full(obj.m, -1)
+        upos[users] = np.arange(len(users))
+        ipos = np.full(obj.n, -1)
+        ipos[items] = np.arange(len(items))
+        aU = np.zeros_like(gU)
+        aI = np.zeros_like(gI)
+        hasU = np.zeros(len(users), bool)
+        hasI = np.zeros(len(items), bool)
+        for q in range(len(vu)):  # scattered rows; small batches in tests
+            u, i, j = vu[q], vi[q], vj[q]
+            if upos[u] >= 0:
+                aU[upos[u]] += cv[q] * (Q[i] - Q[j])
+                hasU[upos[u]] = True
+            if ipos[i] >= 0:
+                aI[ipos[i]] += cv[q] * P[u]
+                hasI[ipos[i]] = True
+            if ipos[j] >= 0:
+                aI[ipos[j]] -= cv[q] * P[u]
+                hasI[ipos[j]] = True
+        reg.hyper_step([("user", users[hasU], aU[hasU], -lr, ucnt[hasU], old_U[hasU]),
+                        ("item", items[hasI], aI[hasI], -lr, icnt[hasI], old_I[hasI])])
+    return loss

@@ -193,31 +193,37 @@ class LambdaOpt:
             if key in state:
                 getattr(self, attr)[...] = state[key]
 
-    def hyper_step(self, rows, side: str, a, dtheta_dG, occurrences, theta_old, beta1=0.9, beta2=0.999,
-                   eps=1e-8, grad_out=None) -> None:
+    def hyper_step(self, parts, beta1=0.9, beta2=0.999, eps=1e-8, grad_out=None) -> None:
         """One Lambda step from the rows of one training step (the composed path, numpy).
 
-        ``rows`` (r,) the rows of ``side`` ("user" or "item") updated by the step,
-        ``a`` (r, f) the validation loss's gradient at the new parameters,
-        ``dtheta_dG`` (r, f) the derivative of the step's new theta with respect to
-        the regularized gradient G (-lr for SGD), ``occurrences`` (r,) each row's
-        count in the training batch, ``theta_old`` (r, f) the rows before the step.
-        d l_val / d Lambda_(r,d) = a * dtheta_dG * 2 n_r theta_old, summed over the
-        entries sharing a Lambda; then Lambda's lazy Adam step, projected onto >= 0.
-        Call it for the users and then the items of a step (the fused kernel's order).
+        ``parts`` is a list of ``(side, rows, a, dtheta_dG, occurrences, theta_old)``, one
+        per side ("user", "item"): ``rows`` (r,) the rows the step updated, ``a`` (r, f)
+        the validation loss's gradient at the new parameters, ``dtheta_dG`` (r, f) the
+        derivative of the new theta with respect to the regularized gradient G (-lr for
+        SGD), ``occurrences`` (r,) each row's count in the training batch and
+        ``theta_old`` (r, f) the rows before the step.  d l_val / d Lambda_(r,d) =
+        a dtheta_dG 2 n_r theta_old, summed over everything sharing a Lambda entry;
+        then one lazy Adam step per touched entry, projected onto Lambda >= 0.  The
+        fused kernels compute exactly this (tests/test_bpr_composed.py).
         """
         if not self.learn:
             return
-        base, srow, scol = self.layout.lam_map()[:3] if side == "user" else self.layout.lam_map()[3:]
+        lam_map = self.layout.lam_map()
         f = self.layout.rank
-        g = a * dtheta_dG * (2.0 * np.asarray(occurrences, np.float32)[:, None]) * theta_old
-        idx = (base + np.asarray(rows, np.int64)[:, None] * srow + np.arange(f)[None, :] * scol).ravel()
         total = np.zeros(self.lam.shape[0], dtype=np.float32)
-        np.add.at(total, idx, g.ravel().astype(np.float32))
-        touched = np.unique(idx)
+        touched = []
+        for side, rows, a, dtheta_dG, occurrences, theta_old in parts:
+            base, srow, scol = lam_map[:3] if side == "user" else lam_map[3:]
+            g = a * dtheta_dG * (np.float32(2.0) * np.asarray(occurrences, np.float32)[:, None]) * theta_old
+            idx = (base + np.asarray(rows, np.int64)[:, None] * srow + np.arange(f)[None, :] * scol).ravel()
+            np.add.at(total, idx, g.ravel().astype(np.float32))
+            touched.append(idx)
+        if not touched:
+            return
+        idx = np.unique(np.concatenate(touched))
         if grad_out is not None:
-            grad_out[touched] += total[touched]
-        self._adam(touched, total[touched], np.float32(beta1), np.float32(beta2), np.float32(eps))
+            grad_out[idx] += total[idx]
+        self._adam(idx, total[idx], np.float32(beta1), np.float32(beta2), np.float32(eps))
 
     def _adam(self, idx, g, beta1, beta2, eps):
         one = np.float32(1.0)
