@@ -1,4 +1,8 @@
-"""The LF kernels against automatic differentiation (torch, float64) on small random problems."""
+"""The LF kernels against automatic differentiation (torch, float64) on small random problems.
+
+Every oracle is checked with the count-weighted L2 of METHODS.md section 2 ("count") and with
+non-uniform per-row weights ("rows": the shape a learned Lambda gives), set on the objective.
+"""
 
 import numpy as np
 import pytest
@@ -9,11 +13,22 @@ from lfopt.models.lf import LFObjective
 torch = pytest.importorskip("torch")
 
 LAM, LAM_B = 0.05, 0.02
+WEIGHTINGS = ["count", "rows"]
 
 
-def _setup(use_bias, rank=4, seed=1):
+def _setup(use_bias, weighting="count", rank=4, seed=1):
     data = synthetic(n_users=60, n_items=40, nnz=800, seed=seed)
     obj = LFObjective(data, rank=rank, lam=LAM, lam_b=LAM_B, use_bias=use_bias)
+    cu, ci = data.user_counts().astype(np.float64), data.item_counts().astype(np.float64)
+    if weighting == "rows":
+        # independent random coefficients per row (zero on rows without entries, which SGD never visits)
+        rng = np.random.default_rng(11)
+        weights = [rng.uniform(0.0, 0.3, len(c)) * c for c in (cu, ci, cu, ci)]
+        obj.set_row_weights(*[w.astype(np.float32) for w in weights])
+        weights = [w.astype(np.float32).astype(np.float64) for w in weights]
+    else:
+        weights = [LAM * cu, LAM * ci, LAM_B * cu, LAM_B * ci]
+    obj.ref_weights = weights  # what the autodiff reference penalizes
     y = obj.init_params(0.7, seed=3)
     if use_bias:
         bu, bi, _, _ = obj.unpack(y)
@@ -28,8 +43,7 @@ def _torch_model(data, obj):
     u = torch.tensor(data.users.astype(np.int64))
     i = torch.tensor(data.items.astype(np.int64))
     r = torch.tensor(data.values.astype(np.float64))
-    cu = torch.tensor(data.user_counts().astype(np.float64))
-    ci = torch.tensor(data.item_counts().astype(np.float64))
+    wu, wi, wbu, wbi = (torch.tensor(w) for w in obj.ref_weights)
 
     def predict(yt):
         P = yt[nb:nb + m * f].reshape(m, f)
@@ -43,14 +57,14 @@ def _torch_model(data, obj):
         P = yt[nb:nb + m * f].reshape(m, f)
         Q = yt[nb + m * f:].reshape(n, f)
         e = r - predict(yt)
-        reg = LAM / 2 * ((cu[:, None] * P ** 2).sum() + (ci[:, None] * Q ** 2).sum())
+        reg = 0.5 * ((wu[:, None] * P ** 2).sum() + (wi[:, None] * Q ** 2).sum())
         if nb:
-            reg = reg + LAM_B / 2 * ((cu * yt[:m] ** 2).sum() + (ci * yt[m:nb] ** 2).sum())
+            reg = reg + 0.5 * ((wbu * yt[:m] ** 2).sum() + (wbi * yt[m:nb] ** 2).sum())
         return 0.5 * (e ** 2).sum() + reg
 
-    reg_diag = [np.repeat(LAM * data.user_counts(), f), np.repeat(LAM * data.item_counts(), f)]
+    reg_diag = [np.repeat(obj.ref_weights[0], f), np.repeat(obj.ref_weights[1], f)]
     if nb:
-        reg_diag = [LAM_B * data.user_counts(), LAM_B * data.item_counts()] + reg_diag
+        reg_diag = obj.ref_weights[2:] + reg_diag
     return predict, loss, np.concatenate(reg_diag)
 
 
@@ -58,9 +72,10 @@ def _rel(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
 
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
 @pytest.mark.parametrize("use_bias", [True, False])
-def test_loss_and_gradient_match_autodiff(use_bias):
-    data, obj, y = _setup(use_bias)
+def test_loss_and_gradient_match_autodiff(use_bias, weighting):
+    data, obj, y = _setup(use_bias, weighting)
     predict, loss, _ = _torch_model(data, obj)
     g = np.zeros_like(y)
     value = obj.loss_grad(y, g)
@@ -72,9 +87,10 @@ def test_loss_and_gradient_match_autodiff(use_bias):
     assert _rel(g, yt.grad.numpy()) < 1e-5
 
 
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
 @pytest.mark.parametrize("use_bias", [True, False])
-def test_gauss_newton_product_matches_autodiff(use_bias):
-    data, obj, y = _setup(use_bias)
+def test_gauss_newton_product_matches_autodiff(use_bias, weighting):
+    data, obj, y = _setup(use_bias, weighting)
     predict, _, reg_diag = _torch_model(data, obj)
     v = np.random.default_rng(0).standard_normal(y.size).astype(np.float32)
     out = np.zeros_like(y)
@@ -86,9 +102,10 @@ def test_gauss_newton_product_matches_autodiff(use_bias):
     assert _rel(out, ref) < 1e-5
 
 
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
 @pytest.mark.parametrize("use_bias", [True, False])
-def test_gauss_newton_diagonal_is_exact(use_bias):
-    data, obj, y = _setup(use_bias)
+def test_gauss_newton_diagonal_is_exact(use_bias, weighting):
+    data, obj, y = _setup(use_bias, weighting)
     predict, _, reg_diag = _torch_model(data, obj)
     J = torch.autograd.functional.jacobian(predict, torch.tensor(y.astype(np.float64))).numpy()
     out = np.zeros_like(y)
@@ -96,9 +113,10 @@ def test_gauss_newton_diagonal_is_exact(use_bias):
     assert _rel(out, (J ** 2).sum(0) + reg_diag) < 1e-5
 
 
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
 @pytest.mark.parametrize("use_bias", [True, False])
-def test_minibatch_estimates_are_unbiased_and_exact_on_full_batch(use_bias):
-    data, obj, y = _setup(use_bias)
+def test_minibatch_estimates_are_unbiased_and_exact_on_full_batch(use_bias, weighting):
+    data, obj, y = _setup(use_bias, weighting)
     g = np.zeros_like(y)
     obj.loss_grad(y, g)
     d = obj.gn_diag(y, np.zeros_like(y))
@@ -117,10 +135,11 @@ def test_minibatch_estimates_are_unbiased_and_exact_on_full_batch(use_bias):
 
 
 @pytest.mark.parametrize("reshuffle", [False, True])
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
 @pytest.mark.parametrize("use_bias", [True, False])
-def test_sgd_epoch_visits_every_entry_once_per_epoch(use_bias, reshuffle):
+def test_sgd_epoch_visits_every_entry_once_per_epoch(use_bias, reshuffle, weighting):
     """With lr -> 0 an SGD epoch's update is -lr times the full gradient (every entry once)."""
-    data, obj, y = _setup(use_bias)
+    data, obj, y = _setup(use_bias, weighting)
     g = np.zeros_like(y)
     obj.loss_grad(y, g)
     lr = 1e-4
@@ -135,7 +154,7 @@ def test_sgd_epoch_is_deterministic_given_seed(reshuffle):
     data, obj, y = _setup(True)
     a, b = y.copy(), y.copy()
     obj.sgd_epoch(a, 0.01, seed=3, reshuffle=reshuffle)
-    obj._sgd_layout = None  # rebuild the layout: same result
+    _, obj, _ = _setup(True)  # a fresh objective rebuilds the layout: same result
     obj.sgd_epoch(b, 0.01, seed=3, reshuffle=reshuffle)
     np.testing.assert_array_equal(a, b)
     if reshuffle:  # another seed visits the entries in another order
@@ -144,10 +163,11 @@ def test_sgd_epoch_is_deterministic_given_seed(reshuffle):
         assert np.abs(c - a).max() > 0
 
 
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
 @pytest.mark.parametrize("use_bias", [True, False])
-def test_als_half_step_is_the_exact_minimizer(use_bias):
+def test_als_half_step_is_the_exact_minimizer(use_bias, weighting):
     """After an ALS sweep the gradient with respect to the item side (updated last) vanishes."""
-    data, obj, y = _setup(use_bias)
+    data, obj, y = _setup(use_bias, weighting)
     obj.als_sweep(y)
     g = np.zeros_like(y)
     obj.loss_grad(y, g)
@@ -160,9 +180,10 @@ def test_als_half_step_is_the_exact_minimizer(use_bias):
     assert np.abs(gP).max() > 1e-3 * scale
 
 
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
 @pytest.mark.parametrize("use_bias", [True, False])
-def test_step_polynomial_is_the_exact_loss_along_a_line(use_bias):
-    data, obj, y = _setup(use_bias)
+def test_step_polynomial_is_the_exact_loss_along_a_line(use_bias, weighting):
+    data, obj, y = _setup(use_bias, weighting)
     direction = (0.3 * np.random.default_rng(1).standard_normal(y.size)).astype(np.float32)
     coef = obj.step_polynomial(y, direction)
     for t in (0.0, 0.3, 1.0, 2.5):
@@ -170,9 +191,10 @@ def test_step_polynomial_is_the_exact_loss_along_a_line(use_bias):
                                                                  rel=1e-5)
 
 
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
 @pytest.mark.parametrize("use_bias", [True, False])
-def test_block_preconditioner_inverts_the_per_row_blocks_of_g(use_bias):
-    data, obj, y = _setup(use_bias)
+def test_block_preconditioner_inverts_the_per_row_blocks_of_g(use_bias, weighting):
+    data, obj, y = _setup(use_bias, weighting)
     predict, _, reg_diag = _torch_model(data, obj)
     J = torch.autograd.functional.jacobian(predict, torch.tensor(y.astype(np.float64))).numpy()
     shift = 0.7

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels import lf as K
 from ..kernels import vector as V
 
 
@@ -36,6 +37,10 @@ class NumbaBackend:
 
     def dot(self, a, b) -> float:
         return float(V.dot(a, b))
+
+    def weighted_dot(self, w, a, b) -> float:
+        """sum_k w[k] a[k] b[k], float64 accumulation (a diagonal quadratic form)."""
+        return float(V.weighted_dot(w, a, b))
 
     def norm(self, a) -> float:
         return float(np.sqrt(V.dot(a, a)))
@@ -75,3 +80,173 @@ class NumbaBackend:
         from ..kernels.bpr import bpr_loss
 
         return float(bpr_loss(P, Q, b, use_bias, tu, ti, tj))
+
+    # ------------------------------------------------------------------ LF
+    def lf_kernels(self, train, use_bias: bool, n_blocks: int | None = None) -> "NumbaLFKernels":
+        """The LF model's oracles over ``train`` (see :class:`NumbaLFKernels`)."""
+        return NumbaLFKernels(train, use_bias, n_blocks)
+
+
+class NumbaLFKernels:
+    """The LF kernel set on the CPU: owns the CSR/CSC views of the training data, the
+    CSR -> CSC permutation, the DSGD block layout and the work buffers.
+
+    Parameters come as 4-tuples ``(bu, bi, P, Q)`` of float32 arrays, row weights as
+    ``(wu, wi, wbu, wbi)`` (per-visit coefficients for ``sgd_epoch``/``batch_grad``);
+    the interface is described in :mod:`lfopt.backend`.
+    """
+
+    has_sgd_epoch = True
+
+    def __init__(self, train, use_bias: bool, n_blocks: int | None = None):
+        self.train = train
+        self.m, self.n = train.shape
+        self.nnz = train.nnz
+        self.use_bias = bool(use_bias)
+        self.csr = train.csr
+        self.csc = train.csc
+        inv = np.empty(self.nnz, dtype=np.int64)
+        inv[self.csr.order] = np.arange(self.nnz)
+        self.csc_from_csr = inv[self.csc.order]
+        self._e = np.empty(self.nnz, dtype=np.float32)
+        self._e_csc = np.empty(self.nnz, dtype=np.float32)
+        self._n_blocks = n_blocks
+        self._sgd = None
+
+    # ------------------------------------------------------- full-batch oracles
+    def residual_grad(self, mu, params, w, grad) -> float:
+        """grad = -J^T e + W y; returns sum e^2 (two sweeps: users over CSR, items over CSC)."""
+        bu, bi, P, Q = params
+        wu, wi, wbu, wbi = w
+        gbu, gbi, gP, gQ = grad
+        e = self._e
+        csr, csc = self.csr, self.csc
+        K.residual_grad_rows(csr.indptr, csr.indices, csr.data, np.float32(mu), bu, bi, P, Q, wu, wbu,
+                             self.use_bias, e, gP, gbu)
+        K.gather(e, self.csc_from_csr, self._e_csc)
+        K.side_accumulate(csc.indptr, csc.indices, self._e_csc, P, np.float32(-1.0), Q, wi, bi, wbi, self.use_bias,
+                          gQ, gbi)
+        return float(K.sum_squares(e))
+
+    def sse(self, mu, params) -> float:
+        bu, bi, P, Q = params
+        csr = self.csr
+        return float(K.residual_sse(csr.indptr, csr.indices, csr.data, np.float32(mu), bu, bi, P, Q, self.use_bias))
+
+    def gvp(self, params, v, w, out) -> None:
+        """out = J^T J v + W v by the hidden mapping (s = J v stored in CSR order, then J^T s)."""
+        _, _, P, Q = params
+        vbu, vbi, VP, VQ = v
+        wu, wi, wbu, wbi = w
+        obu, obi, OP, OQ = out
+        csr, csc = self.csr, self.csc
+        s = self._e
+        K.jv_rows(csr.indptr, csr.indices, P, Q, vbu, vbi, VP, VQ, wu, wbu, self.use_bias, s, OP, obu)
+        K.gather(s, self.csc_from_csr, self._e_csc)
+        K.side_accumulate(csc.indptr, csc.indices, self._e_csc, P, np.float32(1.0), VQ, wi, vbi, wbi, self.use_bias,
+                          OQ, obi)
+
+    def gn_diag(self, params, w, out) -> None:
+        _, _, P, Q = params
+        wu, wi, wbu, wbi = w
+        obu, obi, OP, OQ = out
+        K.side_gn_diagonal(self.csr.indptr, self.csr.indices, Q, wu, wbu, self.use_bias, OP, obu)
+        K.side_gn_diagonal(self.csc.indptr, self.csc.indices, P, wi, wbi, self.use_bias, OQ, obi)
+
+    def line_sums(self, mu, params, d):
+        bu, bi, P, Q = params
+        dbu, dbi, DP, DQ = d
+        csr = self.csr
+        sums = K.step_polynomial(csr.indptr, csr.indices, csr.data, np.float32(mu), bu, bi, P, Q, dbu, dbi, DP, DQ,
+                                 self.use_bias)
+        return tuple(float(x) for x in sums)
+
+    def gn_blocks(self, params, w, shift: float, diag_scale: float):
+        _, _, P, Q = params
+        wu, wi, wbu, wbi = w
+        f = P.shape[1]
+        g = f + 1 if self.use_bias else f
+        user_blocks = np.empty((self.m, g, g), dtype=np.float64)
+        item_blocks = np.empty((self.n, g, g), dtype=np.float64)
+        sh, sc = np.float64(shift), np.float64(diag_scale)
+        K.side_gn_blocks(self.csr.indptr, self.csr.indices, Q, wu, wbu, self.use_bias, sh, sc, user_blocks)
+        K.side_gn_blocks(self.csc.indptr, self.csc.indices, P, wi, wbi, self.use_bias, sh, sc, item_blocks)
+        return user_blocks, item_blocks
+
+    def block_solve(self, handle, r, out) -> None:
+        user_blocks, item_blocks = handle
+        rbu, rbi, RP, RQ = r
+        obu, obi, OP, OQ = out
+        K.side_block_solve(user_blocks, RP, rbu, self.use_bias, OP, obu)
+        K.side_block_solve(item_blocks, RQ, rbi, self.use_bias, OQ, obi)
+
+    # ---------------------------------------------------------- per-entry oracles
+    def _sgd_layout(self):
+        """Entries grouped into DSGD blocks (user group x item group), shuffled once within
+        each block and stored in that order (LIBMF-style: sequential reads)."""
+        if self._sgd is None:
+            from numba import get_num_threads
+
+            nb = self._n_blocks or max(2, 2 * get_num_threads())
+            nb = max(1, min(nb, self.m, self.n))
+            rng = np.random.default_rng(12345)
+            ug = rng.integers(0, nb, self.m)
+            ig = rng.integers(0, nb, self.n)
+            t = self.train
+            block = ug[t.users].astype(np.int64) * nb + ig[t.items]
+            shuffled = rng.permutation(self.nnz)
+            order = shuffled[np.argsort(block[shuffled], kind="stable")]
+            ptr = np.zeros(nb * nb + 1, dtype=np.int64)
+            np.cumsum(np.bincount(block, minlength=nb * nb), out=ptr[1:])
+            self._sgd = dict(rows=np.ascontiguousarray(t.users[order]), cols=np.ascontiguousarray(t.items[order]),
+                             vals=np.ascontiguousarray(t.values[order]), ptr=ptr, nb=nb, order=order,
+                             perm=np.arange(self.nnz, dtype=np.int64))
+        return self._sgd
+
+    def sgd_order(self) -> np.ndarray:
+        """Positions (in the Interactions' order) in an order that visits the entries exactly
+        as a fused epoch without reshuffle does: its parallel blocks share no user and no
+        item, so running them one after the other gives the same updates."""
+        lay = self._sgd_layout()
+        nb, ptr, order = lay["nb"], lay["ptr"], lay["order"]
+        parts = [order[ptr[a * nb + (a + s) % nb]:ptr[a * nb + (a + s) % nb + 1]] for s in range(nb) for a in range(nb)]
+        return np.concatenate(parts) if parts else order[:0]
+
+    def sgd_epoch(self, mu, params, lr, v, seed, reshuffle) -> float:
+        lay = self._sgd_layout()
+        bu, bi, P, Q = params
+        vu, vi, vbu, vbi = v
+        return float(K.sgd_epoch(lay["rows"], lay["cols"], lay["vals"], lay["ptr"], lay["nb"], lay["perm"],
+                                 bool(reshuffle), np.uint64(seed), np.float32(mu), bu, bi, P, Q, np.float32(lr),
+                                 vu, vi, vbu, vbi, self.use_bias))
+
+    def batch_grad(self, mu, params, v, batch, scale, grad, diag=None) -> float:
+        for a in grad:
+            a[...] = 0.0
+        want = diag is not None
+        if want:
+            for a in diag:
+                a[...] = 0.0
+        else:
+            diag = grad  # never written
+        t = self.train
+        bu, bi, P, Q = params
+        vu, vi, vbu, vbi = v
+        return float(K.batch_grad_diag(t.users, t.items, t.values, batch, np.float32(mu), bu, bi, P, Q, vu, vi, vbu,
+                                       vbi, self.use_bias, np.float32(scale), want, *grad, *diag))
+
+    def als_sweep(self, mu, params, w) -> None:
+        bu, bi, P, Q = params
+        wu, wi, wbu, wbi = w
+        csr, csc = self.csr, self.csc
+        mu = np.float32(mu)
+        K.als_side(csr.indptr, csr.indices, csr.data, mu, bi, Q, wu, wbu, self.use_bias, P, bu)
+        K.als_side(csc.indptr, csc.indices, csc.data, mu, bu, P, wi, wbi, self.use_bias, Q, bi)
+
+    def predict(self, mu, params, rows, cols) -> np.ndarray:
+        bu, bi, P, Q = params
+        rows = np.ascontiguousarray(rows, dtype=np.int32)
+        cols = np.ascontiguousarray(cols, dtype=np.int32)
+        out = np.empty(len(rows), dtype=np.float32)
+        K.predict_entries(rows, cols, np.float32(mu), bu, bi, P, Q, self.use_bias, out)
+        return out

@@ -9,9 +9,18 @@ side and (CSC, Q, P) for the item side.
 
 Notation: ``indptr``/``indices`` of a view, ``w`` a per-entry array in that
 view's order, ``X`` the factors of the side being accumulated (rows = the view's
-major index), ``Y`` the factors of the other side, ``cnt`` the number of
-training entries of each row (the weights of the count-weighted L2 penalty).
-Bias arrays have length 0 when ``use_bias`` is False and are then never read.
+major index), ``Y`` the factors of the other side.
+
+Regularization enters as per-row weights, never as a scalar: ``wx[u]`` is the
+L2 coefficient of row u's factors and ``wb[u]`` that of its bias, so the penalty
+is 1/2 sum_u wx[u] |x_u|^2 + 1/2 sum_u wb[u] b_u^2 on each side.  The
+count-weighted L2 of METHODS.md section 2 is ``wx = lam * cnt``, ``wb = lam_b *
+cnt`` (cnt = the row's number of training entries); a constant part or a learned
+Lambda changes only the weights, never the kernels.  Per-entry methods (SGD,
+mini-batch estimates) take per-visit coefficients ``v = w / cnt`` instead, so
+that visiting every entry once applies the full penalty.
+Bias arrays (and bias weights) have length 0 when ``use_bias`` is False and are
+then never read.
 """
 
 from __future__ import annotations
@@ -62,11 +71,11 @@ def gather(src, perm, out):
 
 # ------------------------------------------------------------ side accumulation
 @njit(parallel=True, **_JIT)
-def side_accumulate(indptr, indices, w, Y, scale, X, lam, b, lam_b, use_bias, out, out_b):
+def side_accumulate(indptr, indices, w, Y, scale, X, wx, b, wb, use_bias, out, out_b):
     """For every row u of the view:
 
-    out[u]   = scale * sum_k w[k] Y[indices[k]] + lam * cnt_u * X[u]
-    out_b[u] = scale * sum_k w[k]               + lam_b * cnt_u * b[u]
+    out[u]   = scale * sum_k w[k] Y[indices[k]] + wx[u] * X[u]
+    out_b[u] = scale * sum_k w[k]               + wb[u] * b[u]
 
     With ``w = e, scale = -1, X = P`` this is the gradient of the objective;
     with ``w = J v, scale = +1, X = V`` it is the Gauss-Newton product G v.
@@ -75,7 +84,6 @@ def side_accumulate(indptr, indices, w, Y, scale, X, lam, b, lam_b, use_bias, ou
     for u in prange(indptr.shape[0] - 1):
         start = indptr[u]
         end = indptr[u + 1]
-        cnt = np.float32(end - start)
         acc = np.zeros(f, dtype=np.float32)
         sb = np.float32(0.0)
         for k in range(start, end):
@@ -84,25 +92,24 @@ def side_accumulate(indptr, indices, w, Y, scale, X, lam, b, lam_b, use_bias, ou
             sb += wk
             for d in range(f):
                 acc[d] += wk * Y[i, d]
-        reg = lam * cnt
+        reg = wx[u]
         for d in range(f):
             out[u, d] = scale * acc[d] + reg * X[u, d]
         if use_bias:
-            out_b[u] = scale * sb + lam_b * cnt * b[u]
+            out_b[u] = scale * sb + wb[u] * b[u]
 
 
 @njit(parallel=True, **_JIT)
-def residual_grad_rows(indptr, indices, data, mu, bu, bi, P, Q, lam, lam_b, use_bias, e_out, gP, gbu):
+def residual_grad_rows(indptr, indices, data, mu, bu, bi, P, Q, wu, wbu, use_bias, e_out, gP, gbu):
     """Fused user-side sweep: residuals e (CSR order) and the user-side gradient.
 
-    e_k = r_k - r_hat_k;  gP[u] = -sum_k e_k Q[i_k] + lam cnt_u P[u];
-    gbu[u] = -sum_k e_k + lam_b cnt_u bu[u].
+    e_k = r_k - r_hat_k;  gP[u] = -sum_k e_k Q[i_k] + wu[u] P[u];
+    gbu[u] = -sum_k e_k + wbu[u] bu[u].
     """
     f = P.shape[1]
     for u in prange(indptr.shape[0] - 1):
         start = indptr[u]
         end = indptr[u + 1]
-        cnt = np.float32(end - start)
         acc = np.zeros(f, dtype=np.float32)
         sb = np.float32(0.0)
         for k in range(start, end):
@@ -117,25 +124,24 @@ def residual_grad_rows(indptr, indices, data, mu, bu, bi, P, Q, lam, lam_b, use_
             sb += e
             for d in range(f):
                 acc[d] += e * Q[i, d]
-        reg = lam * cnt
+        reg = wu[u]
         for d in range(f):
             gP[u, d] = reg * P[u, d] - acc[d]
         if use_bias:
-            gbu[u] = lam_b * cnt * bu[u] - sb
+            gbu[u] = wbu[u] * bu[u] - sb
 
 
 @njit(parallel=True, **_JIT)
-def jv_rows(indptr, indices, P, Q, vbu, vbi, VP, VQ, lam, lam_b, use_bias, s_out, OP, obu):
+def jv_rows(indptr, indices, P, Q, vbu, vbi, VP, VQ, wu, wbu, use_bias, s_out, OP, obu):
     """Fused user-side sweep of the Gauss-Newton product.
 
     s_k = (J v)_k = vbu[u] + vbi[i] + VP[u] . Q[i] + P[u] . VQ[i]  (stored, CSR order);
-    OP[u] = sum_k s_k Q[i_k] + lam cnt_u VP[u];  obu[u] = sum_k s_k + lam_b cnt_u vbu[u].
+    OP[u] = sum_k s_k Q[i_k] + wu[u] VP[u];  obu[u] = sum_k s_k + wbu[u] vbu[u].
     """
     f = P.shape[1]
     for u in prange(indptr.shape[0] - 1):
         start = indptr[u]
         end = indptr[u + 1]
-        cnt = np.float32(end - start)
         acc = np.zeros(f, dtype=np.float32)
         sb = np.float32(0.0)
         for k in range(start, end):
@@ -149,11 +155,11 @@ def jv_rows(indptr, indices, P, Q, vbu, vbi, VP, VQ, lam, lam_b, use_bias, s_out
             sb += sk
             for d in range(f):
                 acc[d] += sk * Q[i, d]
-        reg = lam * cnt
+        reg = wu[u]
         for d in range(f):
             OP[u, d] = acc[d] + reg * VP[u, d]
         if use_bias:
-            obu[u] = sb + lam_b * cnt * vbu[u]
+            obu[u] = sb + wbu[u] * vbu[u]
 
 
 @njit(parallel=True, **_JIT)
@@ -198,8 +204,9 @@ def step_polynomial(indptr, indices, data, mu, bu, bi, P, Q, dbu, dbi, DP, DQ, u
 
 
 @njit(parallel=True, **_JIT)
-def side_gn_diagonal(indptr, indices, Y, lam, lam_b, use_bias, out, out_b):
-    """Exact Gauss-Newton diagonal of one side: out[u, d] = sum_i Y[i, d]^2 + lam cnt_u."""
+def side_gn_diagonal(indptr, indices, Y, wx, wb, use_bias, out, out_b):
+    """Exact Gauss-Newton diagonal of one side: out[u, d] = sum_i Y[i, d]^2 + wx[u],
+    out_b[u] = cnt_u + wb[u]."""
     f = Y.shape[1]
     for u in prange(indptr.shape[0] - 1):
         start = indptr[u]
@@ -210,22 +217,30 @@ def side_gn_diagonal(indptr, indices, Y, lam, lam_b, use_bias, out, out_b):
             i = indices[k]
             for d in range(f):
                 acc[d] += Y[i, d] * Y[i, d]
+        reg = wx[u]
         for d in range(f):
-            out[u, d] = acc[d] + lam * cnt
+            out[u, d] = acc[d] + reg
         if use_bias:
-            out_b[u] = cnt * (np.float32(1.0) + lam_b)
+            out_b[u] = cnt + wb[u]
 
 
 @njit(parallel=True, **_JIT)
-def weighted_sq_norm(indptr, X):
-    """sum_u cnt_u * ||X[u]||^2 in float64 (for the penalty term of the loss)."""
+def residual_sse(indptr, indices, data, mu, bu, bi, P, Q, use_bias):
+    """Sum of squared residuals over a CSR view (float64), without storing them."""
+    f = P.shape[1]
     total = 0.0
-    for u in prange(X.shape[0]):
-        cnt = indptr[u + 1] - indptr[u]
+    for u in prange(indptr.shape[0] - 1):
         s = 0.0
-        for d in range(X.shape[1]):
-            s += X[u, d] * X[u, d]
-        total += cnt * s
+        for k in range(indptr[u], indptr[u + 1]):
+            i = indices[k]
+            acc = np.float32(0.0)
+            for d in range(f):
+                acc += P[u, d] * Q[i, d]
+            if use_bias:
+                acc += bu[u] + bi[i]
+            e = data[k] - mu - acc
+            s += e * e
+        total += s
     return total
 
 
@@ -261,7 +276,7 @@ def _shuffle_range(perm, start, end, seed):
 
 @njit(parallel=True, **_JIT)
 def sgd_epoch(
-    rows, cols, vals, block_ptr, n_blocks, perm, reshuffle, seed, mu, bu, bi, P, Q, lr, lam, lam_b, use_bias
+    rows, cols, vals, block_ptr, n_blocks, perm, reshuffle, seed, mu, bu, bi, P, Q, lr, vu, vi, vbu, vbi, use_bias
 ):
     """One epoch of per-entry SGD, parallel and race-free by stratification (DSGD).
 
@@ -273,8 +288,9 @@ def sgd_epoch(
     random order every epoch (``perm`` is shuffled in place from ``seed``);
     otherwise in their stored order (the caller stores them shuffled within each
     block once, as LIBMF does), which reads memory sequentially and is faster.  Per-visit L2
-    (``lam`` on factors, ``lam_b`` on biases) minimizes the count-weighted
-    objective.  Returns the sum of squared residuals seen during the epoch.
+    coefficients (``vu[u]``, ``vi[i]`` on factors, ``vbu[u]``, ``vbi[i]`` on biases:
+    the row weights divided by the row counts) make one epoch apply the full
+    row-weighted penalty.  Returns the sum of squared residuals seen during the epoch.
     """
     f = P.shape[1]
     total = 0.0
@@ -298,13 +314,15 @@ def sgd_epoch(
                 e = vals[k] - mu - pred
                 sse += e * e
                 if use_bias:
-                    bu[u] += lr * (e - lam_b * bu[u])
-                    bi[i] += lr * (e - lam_b * bi[i])
+                    bu[u] += lr * (e - vbu[u] * bu[u])
+                    bi[i] += lr * (e - vbi[i] * bi[i])
+                cu = vu[u]
+                ci = vi[i]
                 for d in range(f):
                     pu = P[u, d]
                     qi = Q[i, d]
-                    P[u, d] = pu + lr * (e * qi - lam * pu)
-                    Q[i, d] = qi + lr * (e * pu - lam * qi)
+                    P[u, d] = pu + lr * (e * qi - cu * pu)
+                    Q[i, d] = qi + lr * (e * pu - ci * qi)
             total += sse
     return total
 
@@ -312,12 +330,15 @@ def sgd_epoch(
 # ------------------------------------------------------------- mini-batch oracle
 @njit(**_JIT)
 def batch_grad_diag(
-    rows, cols, vals, batch, mu, bu, bi, P, Q, lam, lam_b, use_bias, scale, want_diag,
+    rows, cols, vals, batch, mu, bu, bi, P, Q, vu, vi, vbu, vbi, use_bias, scale, want_diag,
     g_bu, g_bi, g_P, g_Q, d_bu, d_bi, d_P, d_Q,
 ):
-    """Unbiased estimate (x ``scale`` = |K|/|B|) of the gradient, and optionally of the
-    Gauss-Newton diagonal, from the entries ``batch`` (positions in rows/cols/vals).
+    """``scale`` times the batch sums of the gradient, and optionally of the Gauss-Newton
+    diagonal, over the entries ``batch`` (positions in rows/cols/vals); every visit
+    adds its per-visit penalty (``vu``, ``vi``, ``vbu``, ``vbi``).
 
+    ``scale = |K| / |B|`` gives unbiased estimates of the full gradient and diagonal;
+    ``scale = 1`` the summed batch gradient of mini-batch SGD.
     Output arrays must be zero on entry; serial (race-free) over the batch.
     Returns the batch's sum of squared residuals.
     """
@@ -336,19 +357,21 @@ def batch_grad_diag(
         sse += e * e
         se = scale * e
         if use_bias:
-            g_bu[u] += -se + scale * lam_b * bu[u]
-            g_bi[i] += -se + scale * lam_b * bi[i]
+            g_bu[u] += -se + scale * vbu[u] * bu[u]
+            g_bi[i] += -se + scale * vbi[i] * bi[i]
             if want_diag:
-                d_bu[u] += scale * (np.float32(1.0) + lam_b)
-                d_bi[i] += scale * (np.float32(1.0) + lam_b)
+                d_bu[u] += scale * (np.float32(1.0) + vbu[u])
+                d_bi[i] += scale * (np.float32(1.0) + vbi[i])
+        cu = vu[u]
+        ci = vi[i]
         for d in range(f):
             pu = P[u, d]
             qi = Q[i, d]
-            g_P[u, d] += -se * qi + scale * lam * pu
-            g_Q[i, d] += -se * pu + scale * lam * qi
+            g_P[u, d] += -se * qi + scale * cu * pu
+            g_Q[i, d] += -se * pu + scale * ci * qi
             if want_diag:
-                d_P[u, d] += scale * (qi * qi + lam)
-                d_Q[i, d] += scale * (pu * pu + lam)
+                d_P[u, d] += scale * (qi * qi + cu)
+                d_Q[i, d] += scale * (pu * pu + ci)
     return sse
 
 
@@ -406,14 +429,16 @@ def _row_gram(start, end, indices, Y, use_bias, G, z):
 
 
 @njit(parallel=True, **_JIT)
-def als_side(indptr, indices, data, mu, b_other, Y, lam, lam_b, use_bias, X, b_self):
+def als_side(indptr, indices, data, mu, b_other, Y, wx, wb, use_bias, X, b_self):
     """Closed-form ridge update of one side (rows of the view) with the other fixed.
 
     Minimizes, for each row u, sum_k (r_k - mu - b_other[i] - b_u - x_u . y_i)^2
-    + lam cnt_u ||x_u||^2 + lam_b cnt_u b_u^2, exactly (the count-weighted
-    objective of METHODS.md section 2): accumulates the (f+1) x (f+1) normal
+    + wx[u] ||x_u||^2 + wb[u] b_u^2, exactly (the row-weighted objective;
+    METHODS.md section 2 has wx = lam cnt_u): accumulates the (f+1) x (f+1) normal
     equations in float64 and solves them by Cholesky, no BLAS (so no thread
     oversubscription inside the parallel loop).  Rows with no entry are set to zero.
+    A row whose factor weight is 0 is solved with weight 1e-6 cnt_u instead: its
+    normal matrix is singular when the row has fewer entries than f.
     """
     f = Y.shape[1]
     g = f + 1 if use_bias else f
@@ -440,10 +465,13 @@ def als_side(indptr, indices, data, mu, b_other, Y, lam, lam_b, use_bias, X, b_s
                 rhs[f] += target
             for d in range(f):
                 rhs[d] += Y[i, d] * target
+        reg = np.float64(wx[u])
+        if reg == 0.0:
+            reg = 1e-6 * n
         for d in range(f):
-            A[d, d] += lam * n
+            A[d, d] += reg
         if use_bias:
-            A[f, f] += lam_b * n
+            A[f, f] += wb[u]
         cholesky_solve(A, rhs)
         for d in range(f):
             X[u, d] = rhs[d]
@@ -453,11 +481,11 @@ def als_side(indptr, indices, data, mu, b_other, Y, lam, lam_b, use_bias, X, b_s
 
 # ------------------------------------------------ block-Jacobi preconditioner
 @njit(parallel=True, **_JIT)
-def side_gn_blocks(indptr, indices, Y, lam, lam_b, use_bias, shift, diag_scale, blocks):
+def side_gn_blocks(indptr, indices, Y, wx, wb, use_bias, shift, diag_scale, blocks):
     """Cholesky factors of the per-row diagonal blocks of the Gauss-Newton matrix.
 
-    Row u's block couples its factors and bias: sum_k z_k z_k^T + diag(lam cnt_u,
-    ..., lam_b cnt_u) + shift I with z_k = (Y[i_k], 1), its diagonal first multiplied
+    Row u's block couples its factors and bias: sum_k z_k z_k^T + diag(wx[u],
+    ..., wb[u]) + shift I with z_k = (Y[i_k], 1), its diagonal first multiplied
     by ``diag_scale`` (1 + gamma for Marquardt damping).  These are exactly the
     normal-equation matrices of ALS; they make a block-Jacobi preconditioner for
     CG.  ``blocks`` has shape (rows, g, g), g = f (+ 1 with biases); it is
@@ -475,11 +503,11 @@ def side_gn_blocks(indptr, indices, Y, lam, lam_b, use_bias, shift, diag_scale, 
         for d in range(g):
             for e in range(g):
                 A[d, e] = G[d, e]
-        cnt = end - start
+        reg = np.float64(wx[u])
         for d in range(f):
-            A[d, d] = (A[d, d] + lam * cnt) * diag_scale + shift
+            A[d, d] = (A[d, d] + reg) * diag_scale + shift
         if use_bias:
-            A[f, f] = (A[f, f] + lam_b * cnt) * diag_scale + shift
+            A[f, f] = (A[f, f] + wb[u]) * diag_scale + shift
         rhs = np.zeros(g, dtype=np.float64)
         cholesky_solve(A, rhs)  # factor in place (rhs unused)
 

@@ -30,3 +30,12 @@ def dot(a, b):
     for k in prange(a.shape[0]):
         total += np.float64(a[k]) * np.float64(b[k])
     return total
+
+
+@njit(parallel=True, **_JIT)
+def weighted_dot(w, a, b):
+    """float64 accumulation of sum_k w[k] a[k] b[k] (a penalty 1/2 y.W y with W diagonal)."""
+    total = 0.0
+    for k in prange(a.shape[0]):
+        total += np.float64(w[k]) * np.float64(a[k]) * np.float64(b[k])
+    return total

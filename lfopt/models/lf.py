@@ -1,82 +1,150 @@
 """The latent factor objective (METHODS.md section 2) as oracles over a flat vector.
 
-``LFObjective`` owns the training data's CSR/CSC views and work buffers and
-exposes what optimizers need, each computed by the numba kernels of
-:mod:`lfopt.kernels.lf` in O(|K| f) without forming any |y| x |y| matrix:
+``LFObjective`` is the model's side of the objective protocol
+(:mod:`lfopt.models.base`): a :class:`ParamLayout` ``[b_u (m), b_i (n), P (m, f),
+Q (n, f)]`` (biases of shape (0,) when ``use_bias`` is False), a regularizer that
+gives per-row L2 weights, and a backend kernel set (``backend.lf_kernels``) that
+owns the data and computes every oracle in O(|K| f) without forming any
+|y| x |y| matrix:
 
-* ``loss(y)``, ``loss_grad(y, g)``: the count-weighted L2 objective and its gradient,
-* ``gvp(y, v, out)``: the Gauss-Newton product G v = J^T J v + reg diag * v,
+* ``loss(y)``, ``loss_grad(y, g)``: the row-weighted L2 objective and its gradient,
+* ``gvp(y, v, out)``: the Gauss-Newton product G v = J^T J v + W v,
 * ``gn_diag(y, out)``: the exact Gauss-Newton diagonal,
+* ``step_polynomial``, ``block_preconditioner``: the bilinear model's extras,
 * ``sgd_epoch``, ``batch_grad``, ``als_sweep``: the structured oracles of SGD,
   mini-batch methods and ALS.
 
-The flat parameter vector is laid out as ``[b_u (m), b_i (n), P (m f), Q (n f)]``
-(without the biases when ``use_bias`` is False); :meth:`unpack` returns views.
+The objective itself holds no numerics beyond the penalty: it cuts ``y`` into
+blocks and passes them, with the weights, to its kernel set, so the same class
+runs on every backend.
 """
 
 from __future__ import annotations
 
+import math
+from numbers import Real
+
 import numpy as np
 
+from ..backend import get_backend
 from ..data.interactions import Interactions
 from ..errors import ConfigError
-from ..kernels import lf as K
-from ..kernels.vector import dot
+from ..regularizers import L2
+from .base import Objective, ParamLayout
+
+#: what every LF kernel set computes; ``sgd_epoch`` is added when the kernel set has it
+LF_CAPABILITIES = ("loss", "gradient", "gn_product", "gn_diagonal", "minibatch", "line_polynomial", "row_blocks",
+                   "als_sweep")
 
 
-class LFObjective:
-    """Count-weighted L2 least squares of the LF model on a training set."""
+class LFObjective(Objective):
+    """Row-weighted L2 least squares of the LF model on a training set.
 
-    def __init__(self, train: Interactions, rank: int, lam: float, lam_b: float | None = None, use_bias: bool = True,
-                 n_blocks: int | None = None):
-        if rank <= 0 or int(rank) != rank:
+    ``regularizer`` gives the per-row weights (default: count-weighted
+    :class:`~lfopt.regularizers.L2`); ``lam``/``lam_b`` are a shortcut for
+    ``L2(lam, lam_b)``.  ``backend`` is ``"numba"`` (CPU, default), ``"torch"``
+    (with ``device``) or a backend object.
+
+    >>> import lfopt
+    >>> obj = LFObjective(lfopt.synthetic(n_users=30, n_items=20, nnz=200, seed=0), rank=3, lam=0.05)
+    >>> y = obj.init_params(0.1, seed=0)
+    >>> obj.layout.names, obj.size == 30 + 20 + (30 + 20) * 3
+    (('b_u', 'b_i', 'P', 'Q'), True)
+    """
+
+    name = "LF"
+
+    def __init__(self, train: Interactions, rank: int, regularizer=None, use_bias: bool = True, backend="numba",
+                 device: str | None = None, n_blocks: int | None = None, lam: float | None = None,
+                 lam_b: float | None = None):
+        if isinstance(regularizer, Real) and not isinstance(regularizer, bool):
+            # legacy positional form LFObjective(train, rank, lam, lam_b, use_bias)
+            regularizer, lam = None, regularizer
+            if not isinstance(use_bias, bool):
+                lam_b, use_bias = use_bias, (True if backend == "numba" else backend)
+                backend = "numba"
+        if rank is None or isinstance(rank, bool) or int(rank) != rank or rank <= 0:
             raise ConfigError(f"rank must be a positive integer, got {rank!r}")
-        if lam < 0 or not np.isfinite(lam):
-            raise ConfigError(f"lambda must be a finite number >= 0, got {lam!r}")
-        lam_b = lam if lam_b is None else lam_b
-        if lam_b < 0 or not np.isfinite(lam_b):
-            raise ConfigError(f"lambda_b must be a finite number >= 0, got {lam_b!r}")
+        if regularizer is None:
+            if lam is None:
+                raise ConfigError("LFObjective needs a regularizer (e.g. lfopt.regularizers.L2(0.05)) or lam=...")
+            regularizer = L2(lam, lam_b)
+        elif lam is not None or lam_b is not None:
+            raise ConfigError("give either a regularizer or lam/lam_b, not both")
+        if not hasattr(regularizer, "row_weights"):
+            raise ConfigError(f"regularizer must offer row_weights(user_counts, item_counts), got {regularizer!r}")
         if train.nnz == 0:
             raise ConfigError("the training set is empty")
         self.train = train
+        self.regularizer = regularizer
+        self.backend = get_backend(backend, device)
         self.m, self.n = train.shape
         self.f = int(rank)
-        self.lam = np.float32(lam)
-        self.lam_b = np.float32(lam_b)
         self.use_bias = bool(use_bias)
-        self.mu = np.float32(train.values.mean() if use_bias else 0.0)
+        self.mu = float(np.float32(train.values.mean())) if self.use_bias else 0.0
         self.nnz = train.nnz
-        self.csr = train.csr
-        self.csc = train.csc
-        inv = np.empty(self.nnz, dtype=np.int64)
-        inv[self.csr.order] = np.arange(self.nnz)
-        self.csc_from_csr = inv[self.csc.order]
-        nb = self.m + self.n if use_bias else 0
-        self.n_bias = nb
-        self.size = nb + (self.m + self.n) * self.f
-        self._e = np.empty(self.nnz, dtype=np.float32)
-        self._e_csc = np.empty(self.nnz, dtype=np.float32)
-        self._sgd_layout = None
-        self.last_sse = float("nan")  # sum of squared residuals at the last loss() call
-        self._n_blocks = n_blocks
+        self.n_bias = self.m + self.n if self.use_bias else 0
+        nb = (lambda k: (k,)) if self.use_bias else (lambda k: (0,))
+        self.layout = ParamLayout((("b_u", nb(self.m)), ("b_i", nb(self.n)), ("P", (self.m, self.f)),
+                                   ("Q", (self.n, self.f))))
+        self.kernels = self.backend.lf_kernels(train, self.use_bias, n_blocks)
+        caps = set(LF_CAPABILITIES)
+        if getattr(self.kernels, "has_sgd_epoch", False):
+            caps.add("sgd_epoch")
+        self.capabilities = frozenset(caps)
+        self.last_sse = float("nan")  # sum of squared residuals at the last loss() / loss_grad() call
+        self._counts = (train.user_counts(), train.item_counts())
+        self.set_row_weights(*regularizer.row_weights(*self._counts))
 
-    # ----------------------------------------------------------------- layout
-    def unpack(self, y: np.ndarray):
-        """Views ``(b_u, b_i, P, Q)`` into the flat vector ``y`` (biases empty if unused)."""
-        m, n, f, nb = self.m, self.n, self.f, self.n_bias
-        if y.shape != (self.size,):
-            raise ValueError(f"parameter vector has shape {y.shape}, expected ({self.size},)")
-        bu = y[:m] if nb else y[:0]
-        bi = y[m:nb] if nb else y[:0]
-        P = y[nb : nb + m * f].reshape(m, f)
-        Q = y[nb + m * f :].reshape(n, f)
-        return bu, bi, P, Q
+    # ---------------------------------------------------------------- weights
+    def set_row_weights(self, wu, wi, wbu, wbi) -> None:
+        """Install per-row L2 weights (numpy, lengths m, n, m, n): the kernels' ``w``, the
+        per-visit coefficients ``w / n`` of SGD and mini-batches (0 for rows without
+        entries, which are never visited) and the flat diagonal W of the penalty."""
+        ws = [np.ascontiguousarray(a, dtype=np.float32) for a in (wu, wi, wbu, wbi)]
+        for a, k, nm in zip(ws, (self.m, self.n, self.m, self.n), ("wu", "wi", "wbu", "wbi")):
+            if a.shape != (k,):
+                raise ValueError(f"row weights {nm} have shape {a.shape}, expected ({k},)")
+        cu, ci = self._counts
+        visits = []
+        for a, c in zip(ws, (cu, ci, cu, ci)):
+            visits.append((a.astype(np.float64) / np.maximum(c, 1)).astype(np.float32))
+        diag = np.empty(self.size, dtype=np.float32)
+        dbu, dbi, DP, DQ = self.layout.unpack(diag)
+        DP[:] = ws[0][:, None]
+        DQ[:] = ws[1][:, None]
+        if self.use_bias:
+            dbu[:] = ws[2]
+            dbi[:] = ws[3]
+        be = self.backend
+        self.row_weights = tuple(ws)  # numpy, for reports and the regularizer
+        self._w = tuple(be.asarray(a) for a in ws)
+        self._v = tuple(be.asarray(a) for a in visits)
+        self._reg_diag = be.asarray(diag)
 
-    def init_params(self, scale: float = 0.1, seed: int = 0) -> np.ndarray:
-        """Biases 0, factors ~ N(0, scale^2 / f) so that initial predictions are O(scale^2)."""
+    def reg_diagonal(self):
+        """The regularizer's diagonal W (flat, |y| floats): wu[u] on p_u's entries, wbu[u] on b_u, ..."""
+        return self._reg_diag
+
+    def _wdot(self, a, b) -> float:
+        wdot = getattr(self.backend, "weighted_dot", None)
+        if wdot is not None:
+            return wdot(self._reg_diag, a, b)
+        return self.backend.dot(self._reg_diag * a, b)
+
+    def penalty(self, y) -> float:
+        """1/2 y . W y (float64)."""
+        return 0.5 * self._wdot(y, y)
+
+    # ----------------------------------------------------------------- params
+    def init_params(self, scale: float = 0.1, seed: int = 0):
+        """Biases 0, factors ~ N(0, scale^2 / f) so that initial predictions are O(scale^2).
+
+        Drawn with numpy, so every backend starts from the same numbers.
+        """
         rng = np.random.default_rng(seed)
         y = np.zeros(self.size, dtype=np.float32)
-        _, _, P, Q = self.unpack(y)
+        _, _, P, Q = self.layout.unpack(y)
         std = scale / np.sqrt(self.f)
         P[:] = rng.normal(0.0, std, P.shape)
         Q[:] = rng.normal(0.0, std, Q.shape)
@@ -85,182 +153,83 @@ class LFObjective:
             level = np.sqrt(max(float(self.train.values.mean()), 0.0) / self.f)
             P += level
             Q += level
-        return y
+        return self.backend.asarray(y)
 
     # ---------------------------------------------------------------- oracles
-    def _residuals(self, y):
-        bu, bi, P, Q = self.unpack(y)
-        K.residuals(self.csr.indptr, self.csr.indices, self.csr.data, self.mu, bu, bi, P, Q, self.use_bias, self._e)
-        return self._e
+    def loss(self, y) -> float:
+        """L(y) = 1/2 sum e^2 + 1/2 y . W y (float64)."""
+        self.last_sse = self.kernels.sse(self.mu, self.unpack(y))
+        return 0.5 * self.last_sse + self.penalty(y)
 
-    def _penalty(self, y) -> float:
-        bu, bi, P, Q = self.unpack(y)
-        pen = float(self.lam) * (K.weighted_sq_norm(self.csr.indptr, P) + K.weighted_sq_norm(self.csc.indptr, Q))
-        if self.use_bias:
-            cu = np.diff(self.csr.indptr)
-            ci = np.diff(self.csc.indptr)
-            pen += float(self.lam_b) * (float(cu @ (bu.astype(np.float64) ** 2)) + float(ci @ (bi.astype(np.float64) ** 2)))
-        return 0.5 * pen
-
-    def loss(self, y: np.ndarray) -> float:
-        """L(y) = 1/2 sum e^2 + lam/2 sum n_u |p_u|^2 + ... (float64)."""
-        self.last_sse = float(K.sum_squares(self._residuals(y)))
-        return 0.5 * self.last_sse + self._penalty(y)
-
-    def loss_grad(self, y: np.ndarray, g: np.ndarray) -> float:
+    def loss_grad(self, y, g) -> float:
         """Fill ``g`` with the gradient at ``y``; return the loss."""
-        bu, bi, P, Q = self.unpack(y)
-        gbu, gbi, gP, gQ = self.unpack(g)
-        e = self._e
-        K.residual_grad_rows(self.csr.indptr, self.csr.indices, self.csr.data, self.mu, bu, bi, P, Q, self.lam,
-                             self.lam_b, self.use_bias, e, gP, gbu)
-        K.gather(e, self.csc_from_csr, self._e_csc)
-        m1 = np.float32(-1.0)
-        K.side_accumulate(self.csc.indptr, self.csc.indices, self._e_csc, P, m1, Q, self.lam, bi, self.lam_b, self.use_bias, gQ, gbi)
-        self.last_sse = float(K.sum_squares(e))
-        return 0.5 * self.last_sse + self._penalty(y)
+        self.last_sse = self.kernels.residual_grad(self.mu, self.unpack(y), self._w, self.unpack(g))
+        return 0.5 * self.last_sse + self.penalty(y)
 
-    def gvp(self, y: np.ndarray, v: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def gvp(self, y, v, out):
         """Gauss-Newton product ``out = G(y) v`` by the hidden mapping (two sweeps of K)."""
-        bu, bi, P, Q = self.unpack(y)
-        vbu, vbi, VP, VQ = self.unpack(v)
-        obu, obi, OP, OQ = self.unpack(out)
-        s = self._e  # reuse the residual buffer for s = J v
-        K.jv_rows(self.csr.indptr, self.csr.indices, P, Q, vbu, vbi, VP, VQ, self.lam, self.lam_b, self.use_bias,
-                  s, OP, obu)
-        K.gather(s, self.csc_from_csr, self._e_csc)
-        one = np.float32(1.0)
-        K.side_accumulate(self.csc.indptr, self.csc.indices, self._e_csc, P, one, VQ, self.lam, vbi, self.lam_b, self.use_bias, OQ, obi)
+        self.kernels.gvp(self.unpack(y), self.unpack(v), self._w, self.unpack(out))
         return out
 
-    def gn_diag(self, y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def gn_diag(self, y, out):
         """Exact diagonal of G(y) (including the regularizer's diagonal)."""
-        _, _, P, Q = self.unpack(y)
-        obu, obi, OP, OQ = self.unpack(out)
-        K.side_gn_diagonal(self.csr.indptr, self.csr.indices, Q, self.lam, self.lam_b, self.use_bias, OP, obu)
-        K.side_gn_diagonal(self.csc.indptr, self.csc.indices, P, self.lam, self.lam_b, self.use_bias, OQ, obi)
+        self.kernels.gn_diag(self.unpack(y), self._w, self.unpack(out))
         return out
 
-    def reg_diagonal(self) -> np.ndarray:
-        """The regularizer's diagonal (lam n_u per factor entry, lam_b n_u per bias), flat."""
-        if getattr(self, "_reg_diag", None) is None:
-            w = np.empty(self.size, dtype=np.float32)
-            wbu, wbi, WP, WQ = self.unpack(w)
-            cu = np.diff(self.csr.indptr).astype(np.float32)
-            ci = np.diff(self.csc.indptr).astype(np.float32)
-            WP[:] = (self.lam * cu)[:, None]
-            WQ[:] = (self.lam * ci)[:, None]
-            if self.use_bias:
-                wbu[:] = self.lam_b * cu
-                wbi[:] = self.lam_b * ci
-            self._reg_diag = w
-        return self._reg_diag
-
-    def step_polynomial(self, y: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    def step_polynomial(self, y, direction) -> np.ndarray:
         """Coefficients (c0..c4, lowest first) of the exact quartic L(y + t direction) in t."""
-        bu, bi, P, Q = self.unpack(y)
-        dbu, dbi, DP, DQ = self.unpack(direction)
-        ee, es, ec, ss, sc, cc = K.step_polynomial(self.csr.indptr, self.csr.indices, self.csr.data, self.mu,
-                                                   bu, bi, P, Q, dbu, dbi, DP, DQ, self.use_bias)
-        w = self.reg_diagonal()
-        wy_d = dot(w * y, direction)
-        w_dd = dot(w * direction, direction)
-        return np.array([0.5 * ee + self._penalty(y), -es + wy_d, 0.5 * (ss - 2 * ec) + 0.5 * w_dd, sc, 0.5 * cc])
+        ee, es, ec, ss, sc, cc = self.kernels.line_sums(self.mu, self.unpack(y), self.unpack(direction))
+        wy_d = self._wdot(y, direction)
+        w_dd = self._wdot(direction, direction)
+        return np.array([0.5 * ee + self.penalty(y), -es + wy_d, 0.5 * (ss - 2 * ec) + 0.5 * w_dd, sc, 0.5 * cc])
 
-    def block_preconditioner(self, y: np.ndarray, shift: float = 0.0, diag_scale: float = 1.0):
+    def block_preconditioner(self, y, shift: float = 0.0, diag_scale: float = 1.0):
         """A function ``apply(r, out)`` computing M^-1 r, M the block diagonal of G(y) + shift I
         (with the diagonal of G first multiplied by ``diag_scale``).
 
         Each block is one user's (or item's) factors and bias: the ALS normal
         matrices.  Costs about one ALS sweep to build, O(|y| f) to apply.
         """
-        _, _, P, Q = self.unpack(y)
-        g = self.f + 1 if self.use_bias else self.f
-        bu_blocks = np.empty((self.m, g, g), dtype=np.float64)
-        bi_blocks = np.empty((self.n, g, g), dtype=np.float64)
-        sh = np.float64(shift)
-        K.side_gn_blocks(self.csr.indptr, self.csr.indices, Q, np.float64(self.lam), np.float64(self.lam_b),
-                         self.use_bias, sh, np.float64(diag_scale), bu_blocks)
-        K.side_gn_blocks(self.csc.indptr, self.csc.indices, P, np.float64(self.lam), np.float64(self.lam_b),
-                         self.use_bias, sh, np.float64(diag_scale), bi_blocks)
+        handle = self.kernels.gn_blocks(self.unpack(y), self._w, float(shift), float(diag_scale))
 
         def apply(r, out):
-            rbu, rbi, RP, RQ = self.unpack(r)
-            obu, obi, OP, OQ = self.unpack(out)
-            K.side_block_solve(bu_blocks, RP, rbu, self.use_bias, OP, obu)
-            K.side_block_solve(bi_blocks, RQ, rbi, self.use_bias, OQ, obi)
+            self.kernels.block_solve(handle, self.unpack(r), self.unpack(out))
             return out
 
         return apply
 
     # ---------------------------------------------------- structured oracles
-    def _sgd_blocks(self):
-        if self._sgd_layout is None:
-            from numba import get_num_threads
-
-            nb = self._n_blocks or max(2, 2 * get_num_threads())
-            nb = max(1, min(nb, self.m, self.n))
-            rng = np.random.default_rng(12345)
-            ug = rng.integers(0, nb, self.m)
-            ig = rng.integers(0, nb, self.n)
-            t = self.train
-            block = ug[t.users].astype(np.int64) * nb + ig[t.items]
-            # grouped by block, in random order within each block
-            shuffled = rng.permutation(self.nnz)
-            order = shuffled[np.argsort(block[shuffled], kind="stable")]
-            ptr = np.zeros(nb * nb + 1, dtype=np.int64)
-            np.cumsum(np.bincount(block, minlength=nb * nb), out=ptr[1:])
-            self._sgd_layout = (
-                np.ascontiguousarray(t.users[order]),
-                np.ascontiguousarray(t.items[order]),
-                np.ascontiguousarray(t.values[order]),
-                ptr,
-                nb,
-                np.arange(self.nnz, dtype=np.int64),
-            )
-        return self._sgd_layout
-
-    def sgd_epoch(self, y: np.ndarray, lr: float, seed: int, reshuffle: bool = False) -> float:
+    def sgd_epoch(self, y, lr: float, seed: int, reshuffle: bool = False) -> float:
         """One epoch of per-entry SGD (in place); returns the epoch's mean squared residual.
 
         Entries are stored shuffled within their DSGD block once; ``reshuffle``
         draws a fresh order every epoch (slower: scattered reads).
         """
-        rows, cols, vals, ptr, nb, perm = self._sgd_blocks()
-        bu, bi, P, Q = self.unpack(y)
-        sse = K.sgd_epoch(rows, cols, vals, ptr, nb, perm, reshuffle, np.uint64(seed), self.mu, bu, bi, P, Q,
-                          np.float32(lr), self.lam, self.lam_b, self.use_bias)
-        return sse / self.nnz
+        if "sgd_epoch" not in self.capabilities:
+            self.require(("sgd_epoch",), by="sgd_epoch()")
+        return self.kernels.sgd_epoch(self.mu, self.unpack(y), lr, self._v, seed, reshuffle) / self.nnz
 
-    def batch_grad(self, y, batch, g, diag=None) -> float:
-        """Unbiased mini-batch estimates of the gradient (and GN diagonal) into g (diag).
+    def batch_grad(self, y, batch, g, diag=None, scale: float | None = None) -> float:
+        """``scale`` times the batch sums of the gradient (and GN diagonal) into g (diag).
 
-        ``batch`` holds positions of training entries.  Returns the batch's SSE.
+        ``batch`` holds positions of training entries (a backend index array).  The
+        default ``scale = |K| / |B|`` gives unbiased estimates of the full gradient and
+        diagonal; ``scale = 1`` the summed gradient of mini-batch SGD.  Returns the
+        batch's SSE.
         """
-        t = self.train
-        g[:] = 0.0
-        want = diag is not None
-        if want:
-            diag[:] = 0.0
-        else:
-            diag = g  # never written
-        bu, bi, P, Q = self.unpack(y)
-        scale = np.float32(self.nnz / len(batch))
-        return K.batch_grad_diag(t.users, t.items, t.values, batch, self.mu, bu, bi, P, Q, self.lam, self.lam_b,
-                                 self.use_bias, scale, want, *self.unpack(g), *self.unpack(diag))
+        if scale is None:
+            scale = self.nnz / len(batch)
+        return self.kernels.batch_grad(self.mu, self.unpack(y), self._v, batch, scale, self.unpack(g),
+                                       None if diag is None else self.unpack(diag))
 
-    def als_sweep(self, y: np.ndarray) -> None:
+    def als_sweep(self, y) -> None:
         """One ALS epoch: exact update of all users, then of all items (in place)."""
-        bu, bi, P, Q = self.unpack(y)
-        csr, csc = self.csr, self.csc
-        lam = self.lam if self.lam > 0 else np.float32(1e-6)
-        K.als_side(csr.indptr, csr.indices, csr.data, self.mu, bi, Q, lam, self.lam_b, self.use_bias, P, bu)
-        K.als_side(csc.indptr, csc.indices, csc.data, self.mu, bu, P, lam, self.lam_b, self.use_bias, Q, bi)
+        self.kernels.als_sweep(self.mu, self.unpack(y), self._w)
 
     # ------------------------------------------------------------- prediction
-    def predict(self, y: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        bu, bi, P, Q = self.unpack(y)
-        out = np.empty(len(rows), dtype=np.float32)
-        K.predict_entries(np.ascontiguousarray(rows, dtype=np.int32), np.ascontiguousarray(cols, dtype=np.int32),
-                          self.mu, bu, bi, P, Q, self.use_bias, out)
-        return out
+    def predict(self, y, rows, cols):
+        return self.kernels.predict(self.mu, self.unpack(y), rows, cols)
+
+    def train_metrics(self, y, loss: float) -> dict:
+        ok = math.isfinite(loss) and math.isfinite(self.last_sse)
+        return {"train_rmse": math.sqrt(self.last_sse / self.nnz) if ok else math.nan}
