@@ -9,7 +9,7 @@ import lfopt
 from lfopt.data.synthetic import synthetic
 from lfopt.models.lf import LFObjective
 from lfopt.optim.base import make_optimizer
-from lfopt.optim.first_order import AdaGO, Adam
+from lfopt.optim.first_order import SGD, AdaGO, Adam
 from lfopt.optim.second_order import conjugate_gradient
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k" / "u.data"
@@ -144,7 +144,9 @@ def test_unknown_optimizer_and_bad_options_are_clear_errors():
     with pytest.raises(lfopt.ConfigError, match="unknown optimizer 'newton'"):
         make_optimizer("newton")
     with pytest.raises(lfopt.ConfigError, match="does not take option"):
-        make_optimizer("sgd", rho=0.1)
+        make_optimizer("sgd", momentum=0.1)
+    with pytest.raises(lfopt.ConfigError, match="'als' has no gradient step"):
+        make_optimizer("als", rho=0.1)
     with pytest.raises(lfopt.ConfigError, match="lr must be"):
         make_optimizer("adam", lr=-1.0)
     with pytest.raises(lfopt.ConfigError, match="cg_iters"):
@@ -171,3 +173,45 @@ def test_early_stopping_restores_the_best_epoch():
     best = min(r["valid_rmse"] for r in model.history_)
     assert res.best_valid_rmse == pytest.approx(best)
     assert model.evaluate(valid)["rmse"] == pytest.approx(best, rel=1e-6)
+
+
+class _SGDInFusedOrder(SGD):
+    """Mini-batch SGD fed the order in which the fused epoch (no reshuffle) visits the entries."""
+
+    def visit_order(self, obj, epoch):
+        return obj.kernels.sgd_order()
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_minibatch_sgd_of_batch_one_in_the_fused_order_is_the_fused_epoch(use_bias):
+    """The fused DSGD epoch is a registered fast path: the composed path (batch gradient of one
+    entry, then y -= lr g) visiting the same entries in the same order gives the same iterates."""
+    data = synthetic(n_users=40, n_items=30, nnz=400, seed=6)
+    ys = []
+    for opt in (make_optimizer("sgd", lr=0.02), _SGDInFusedOrder(lr=0.02, batch_size=1, fused=False)):
+        obj = LFObjective(data, rank=3, lam=0.05, lam_b=0.02, use_bias=use_bias)
+        y = obj.init_params(0.5, seed=0)
+        for epoch in range(1, 4):
+            info = opt.epoch(obj, y, epoch)
+        ys.append(y)
+    assert info["sgd_mse"] > 0
+    np.testing.assert_allclose(ys[1], ys[0], rtol=1e-5, atol=1e-6)
+    assert np.abs(ys[0] - LFObjective(data, rank=3, lam=0.05, use_bias=use_bias).init_params(0.5, 0)).max() > 1e-2
+
+
+def test_minibatch_sgd_without_the_fused_kernel_tracks_the_fused_epoch():
+    """Batches of 16 in a random order make the same progress per epoch as per-entry DSGD."""
+    data = synthetic(n_users=100, n_items=80, nnz=2500, seed=4)
+    runs = []
+    for extra in ({}, {"batch_size": 16, "fused": False}):
+        obj = LFObjective(data, rank=4, lam=0.05)
+        y = obj.init_params(0.1, seed=0)
+        opt = make_optimizer("sgd", lr=0.02, **extra)
+        losses = [obj.loss(y)]
+        for epoch in range(1, 4):
+            opt.epoch(obj, y, epoch)
+            losses.append(obj.loss(y))
+        assert all(b < a for a, b in zip(losses, losses[1:])), losses
+        runs.append(losses)
+    assert runs[1][-1] < 0.9 * runs[1][0]
+    assert runs[1][-1] == pytest.approx(runs[0][-1], rel=0.02)

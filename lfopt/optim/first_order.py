@@ -5,32 +5,78 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from ..kernels.vector import adaptive_moment_update
 from .base import Optimizer, positive, register
+
+
+def _batch_size(value, allow_zero: bool):
+    if value is None:
+        return 0
+    if isinstance(value, bool) or int(value) != value or value < 0 or (value == 0 and not allow_zero):
+        bound = "non-negative" if allow_zero else "positive"
+        raise ConfigError(f"batch_size must be a {bound} integer, got {value!r}")
+    return int(value)
 
 
 @register("sgd")
 class SGD(Optimizer):
-    """Per-entry SGD in shuffled order (parallel DSGD strata), per-visit L2.
+    """Per-entry SGD in shuffled order, per-visit L2.
 
     ``lr`` is the step size; it is multiplied by ``decay`` after every epoch.
-    Entries are shuffled within their block once (LIBMF-style);
-    ``reshuffle=True`` draws a new order every epoch, at some cost in speed.
+    When the objective offers the fused ``sgd_epoch`` (numba: parallel DSGD
+    strata, entries shuffled within their block once, LIBMF-style) and ``fused``
+    is True, an epoch is one call of it; ``reshuffle=True`` draws a new order
+    every epoch, at some cost in speed.  Otherwise (``fused=False``, a backend
+    without per-entry kernels, or sharpness-aware) an epoch steps
+    y <- y - lr g_B along the summed gradient g_B of mini-batches of
+    ``batch_size`` entries (each visit with its per-visit penalty), in a random
+    order drawn once (``reshuffle``: every epoch).  With ``batch_size=1`` and the
+    fused path's order (:meth:`visit_order`) both give the same iterates.
     """
 
     name = "sgd"
 
-    def __init__(self, lr: float = 0.01, decay: float = 1.0, reshuffle: bool = False, seed: int = 0):
+    def __init__(self, lr: float = 0.01, decay: float = 1.0, reshuffle: bool = False, batch_size: int = 1024,
+                 fused: bool = True, seed: int = 0):
         super().__init__(seed)
         self.lr = positive("lr", lr)
         self.decay = positive("decay", decay)
         self.reshuffle = bool(reshuffle)
+        self.batch_size = _batch_size(batch_size, allow_zero=False)
+        self.fused = bool(fused)
+        self._state = None
+
+    requires = ("minibatch",)  # or the fused sgd_epoch, see check()
+
+    def check(self, obj) -> None:
+        if self.fused and obj.has("sgd_epoch"):
+            self._checked = obj
+            return
+        super().check(obj)
+
+    def visit_order(self, obj, epoch: int):
+        """Positions of the training entries in the order the mini-batch path visits them."""
+        st = self._state
+        if st["order"] is None or self.reshuffle:
+            st["order"] = obj.backend.permutation(st["rng"], obj.nnz)
+        return st["order"]
 
     def epoch(self, obj, y, epoch):
+        self._ensure_checked(obj)
         lr = self.lr * self.decay ** (epoch - 1)
-        seed = (self.seed * 1_000_003 + epoch) & 0x7FFFFFFFFFFFFFFF
-        mse = obj.sgd_epoch(y, lr, seed, self.reshuffle)
-        return {"lr": lr, "sgd_mse": mse}
+        if self.fused and obj.has("sgd_epoch"):
+            seed = (self.seed * 1_000_003 + epoch) & 0x7FFFFFFFFFFFFFFF
+            mse = obj.sgd_epoch(y, lr, seed, self.reshuffle)
+            return {"lr": lr, "sgd_mse": mse}
+        if self._state is None:
+            self._state = {"g": obj.backend.zeros_like(y), "order": None, "rng": np.random.default_rng(self.seed)}
+        g = self._state["g"]
+        order = self.visit_order(obj, epoch)
+        sse = 0.0
+        for start in range(0, obj.nnz, self.batch_size):
+            sse += obj.batch_grad(y, order[start:start + self.batch_size], g, scale=1.0)
+            g *= lr
+            y -= g
+        return {"lr": lr, "sgd_mse": sse / obj.nnz}
 
 
 @register("als")
@@ -38,11 +84,14 @@ class ALS(Optimizer):
     """Alternating least squares: exact ridge solves for all users, then all items."""
 
     name = "als"
+    requires = ("als_sweep",)
+    has_gradient_step = False
 
     def __init__(self, seed: int = 0):
         super().__init__(seed)
 
     def epoch(self, obj, y, epoch):
+        self._ensure_checked(obj)
         obj.als_sweep(y)
         return {}
 
@@ -50,10 +99,11 @@ class ALS(Optimizer):
 class AdaptiveMoments(Optimizer):
     """Adam's framework with a pluggable second-moment source.
 
-    ``source(obj, y, g, batch)`` returns the vector ``d`` whose square feeds the
-    second moment: Adam uses the gradient itself, AdaGO the Gauss-Newton diagonal
-    plus damping.  ``batch_size=None`` (or 0) takes one full-batch step per epoch;
-    otherwise an epoch is one pass over the shuffled entries in mini-batches.
+    ``source(obj, y, g, d)`` returns the vector whose square feeds the second
+    moment: Adam uses the gradient itself, AdaGO the Gauss-Newton diagonal plus
+    damping.  ``batch_size=None`` (or 0) takes one full-batch step per epoch;
+    otherwise an epoch is one pass over the shuffled entries in mini-batches
+    (unbiased estimates: batch sums scaled by |K| / |B|).
     """
 
     def __init__(self, lr, beta1, beta2, eps, batch_size, seed):
@@ -64,31 +114,36 @@ class AdaptiveMoments(Optimizer):
                 raise ConfigError(f"{nm} must lie in [0, 1), got {b!r}")
         self.beta1, self.beta2 = float(beta1), float(beta2)
         self.eps = positive("eps", eps)
-        if batch_size is not None and (int(batch_size) != batch_size or batch_size < 0):
-            raise ConfigError(f"batch_size must be a non-negative integer, got {batch_size!r}")
-        self.batch_size = int(batch_size) if batch_size else 0
+        self.batch_size = _batch_size(batch_size, allow_zero=True)
         self._state = None
 
     # the second-moment source; overridden by subclasses
     needs_diag = False
 
+    @property
+    def requires(self):
+        if self.batch_size:  # mini-batches (the full batch when batch_size >= |K|: checked per epoch)
+            return ("gradient", "minibatch") + (("gn_diagonal",) if self.needs_diag else ())
+        return ("gradient",) + (("gn_diagonal",) if self.needs_diag else ())
+
     def source(self, obj, y, g, d):
         return g
 
     def _init(self, obj, y):
-        z = lambda: np.zeros_like(y)  # noqa: E731
+        be = obj.backend
+        z = lambda: be.zeros_like(y)  # noqa: E731
         self._state = {"m": z(), "s": z(), "g": z(), "d": z() if self.needs_diag else None, "t": 0,
                        "rng": np.random.default_rng(self.seed)}
 
-    def _apply(self, y, g, d):
+    def _apply(self, obj, y, g, d):
         st = self._state
         st["t"] += 1
         t = st["t"]
-        f32 = np.float32
-        adaptive_moment_update(y, g, d, st["m"], st["s"], f32(self.lr), f32(self.beta1), f32(self.beta2),
-                               f32(self.eps), f32(1 - self.beta1 ** t), f32(1 - self.beta2 ** t))
+        obj.backend.moment_update(y, g, d, st["m"], st["s"], self.lr, self.beta1, self.beta2, self.eps,
+                                  1 - self.beta1 ** t, 1 - self.beta2 ** t)
 
     def epoch(self, obj, y, epoch):
+        self._ensure_checked(obj)
         if self._state is None:
             self._init(obj, y)
         st = self._state
@@ -97,14 +152,14 @@ class AdaptiveMoments(Optimizer):
             obj.loss_grad(y, g)
             if self.needs_diag:
                 obj.gn_diag(y, dbuf)
-            self._apply(y, g, self.source(obj, y, g, dbuf))
+            self._apply(obj, y, g, self.source(obj, y, g, dbuf))
             return {"steps": 1}
-        order = st["rng"].permutation(obj.nnz)
+        order = obj.backend.permutation(st["rng"], obj.nnz)
         steps = 0
         for start in range(0, obj.nnz, self.batch_size):
             batch = order[start : start + self.batch_size]
             obj.batch_grad(y, batch, g, dbuf)
-            self._apply(y, g, self.source(obj, y, g, dbuf))
+            self._apply(obj, y, g, self.source(obj, y, g, dbuf))
             steps += 1
         return {"steps": steps}
 
@@ -139,5 +194,5 @@ class AdaGO(AdaptiveMoments):
         self.damping = positive("damping", damping)
 
     def source(self, obj, y, g, d):
-        d += np.float32(self.damping)
+        d += float(np.float32(self.damping))
         return d

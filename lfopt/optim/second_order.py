@@ -1,17 +1,18 @@
 """Second-order optimizers: Hessian-free Gauss-Newton (SLF) and its sharpness-aware form (SSLF).
 
-Both are one class, :class:`HessianFree`: each epoch forms a quadratic model
-of the objective at a *model point* z (the current y for SLF; y + rho g/|g| for
-SSLF), solves (G(z) + gamma I) Delta = -g(z) by conjugate gradient with
-Gauss-Newton vector products only, and applies Delta to the unperturbed y.
-The step is scaled by an exact line search of L(z + t Delta) (a quartic in t
-for the bilinear model), and the damping gamma adapts Levenberg-Marquardt
-style from the ratio of actual to predicted decrease of L(z + Delta); a step
-that raises it is rejected and retried with more damping.  For SSLF this
-measures the step on the perturbed loss L(y + eps), the quantity the
-sharpness-aware objective minimizes (with eps held fixed for the step).  The
-sharpness-aware variant differs only in :meth:`HessianFree.model_point`, so
-rho = 0 gives SLF's iterates exactly.
+:class:`HessianFree` (SLF): each epoch forms a quadratic model of the objective
+at y, solves (G(y) + gamma I) Delta = -g(y) by conjugate gradient with
+Gauss-Newton vector products only, and applies Delta.  The step is scaled by an
+exact line search of L(y + t Delta) (a quartic in t for the bilinear model), and
+the damping gamma adapts Levenberg-Marquardt style from the ratio of actual to
+predicted decrease of L(y + Delta); a step that raises it is rejected and
+retried with more damping.
+
+SSLF is SLF seen through the sharpness-aware wrapper
+(:mod:`lfopt.optim.sharpness`): the gradient, the Gauss-Newton products, the
+line search and the damping ratio are all taken at the perturbed point
+z = y + rho g / |g| (with the perturbation held fixed for the step), and the
+step is applied to y.  rho = 0 gives SLF's iterates exactly.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError
-from ..kernels.vector import dot
 from .base import Optimizer, positive, register
+from .sharpness import SharpnessAware
 
 
 @dataclass
 class CGResult:
-    x: np.ndarray
+    x: object  # a vector of the backend
     iterations: int
     relative_residual: float
     #: x . (A x), from the recurrences (no extra product)
@@ -36,11 +37,12 @@ class CGResult:
 
 
 def conjugate_gradient(
-    matvec: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    b: np.ndarray,
+    matvec: Callable,
+    b,
     max_iter: int = 10,
     tol: float = 1e-2,
     precond=None,
+    backend=None,
 ) -> CGResult:
     """Solve A x = b for symmetric positive definite A given only ``matvec(v, out)``.
 
@@ -49,45 +51,58 @@ def conjugate_gradient(
     (the diagonal of a Jacobi preconditioner) or a function ``apply(r, out)``
     that writes M^-1 r into ``out``.  A direction of non-positive
     curvature stops the iteration (it cannot happen for G + gamma I, gamma > 0).
+    ``backend`` gives the vector operations (default: numpy through the numba backend).
     """
-    x = np.zeros_like(b)
-    r = b.copy()
-    bnorm = np.sqrt(dot(b, b))
+    be = backend if backend is not None else _numpy_backend()
+    x = be.zeros_like(b)
+    r = be.copy(b)
+    bnorm = be.norm(b)
     if bnorm == 0.0:
         return CGResult(x, 0, 0.0, 0.0)
     if precond is None:
         solve = None
     elif callable(precond):
-        zbuf = np.empty_like(b)
+        zbuf = be.empty_like(b)
         solve = lambda r: precond(r, zbuf)  # noqa: E731
     else:
         solve = lambda r: r / precond  # noqa: E731
     z = solve(r) if solve is not None else r
-    p = z.copy()
-    rz = dot(r, z)
-    Ap = np.empty_like(b)
+    p = be.copy(z)
+    rz = be.dot(r, z)
+    Ap = be.empty_like(b)
     it = 0
     rel = 1.0
     for it in range(1, max_iter + 1):
         matvec(p, Ap)
-        pAp = dot(p, Ap)
+        pAp = be.dot(p, Ap)
         if not pAp > 0.0:
             it -= 1
             break
-        alpha = np.float32(rz / pAp)
+        alpha = _f32(rz / pAp)
         x += alpha * p
         r -= alpha * Ap
-        rel = np.sqrt(dot(r, r)) / bnorm
+        rel = be.norm(r) / bnorm
         if rel <= tol:
             break
         z = solve(r) if solve is not None else r
-        rz_new = dot(r, z)
-        p *= np.float32(rz_new / rz)
+        rz_new = be.dot(r, z)
+        p *= _f32(rz_new / rz)
         p += z
         rz = rz_new
     # A x = b - r  =>  x . A x = x . (b - r)
-    curvature = dot(x, b) - dot(x, r)
+    curvature = be.dot(x, b) - be.dot(x, r)
     return CGResult(x, it, float(rel), float(curvature))
+
+
+def _f32(value) -> float:
+    """``value`` rounded to float32, as a Python float: scales float32 arrays and tensors alike."""
+    return float(np.float32(value))
+
+
+def _numpy_backend():
+    from ..backend import get_backend
+
+    return get_backend("numba")
 
 
 @register("slf")
@@ -146,65 +161,71 @@ class HessianFree(Optimizer):
         self._gamma = float(damping)
         self._buf = None
 
-    # The only difference between SLF and SSLF.
-    def model_point(self, obj, y, g, loss, work):
-        """Point z at which the quadratic model is formed, with its gradient and loss.
-
-        The step Delta is chosen (CG, line search, damping) to decrease L(z + Delta)
-        and applied to y.
-        """
-        return y, g, loss
+    @property
+    def requires(self):
+        need = ["loss", "gradient", "gn_product"]
+        if self.line_search:
+            need.append("line_polynomial")
+        if self.precondition == "block":
+            need.append("row_blocks")
+        if self.precondition == "jacobi" or self.damping_mode == "marquardt":
+            need.append("gn_diagonal")
+        return tuple(need)
 
     def epoch(self, obj, y, epoch):
+        self._ensure_checked(obj)
+        be = obj.backend
         if self._buf is None:
-            self._buf = {k: np.empty_like(y) for k in ("g", "g2", "z", "diag", "trial")}
+            self._buf = {k: be.empty_like(y) for k in ("g", "diag", "trial")}
         b = self._buf
-        z, gz, loss0 = self.model_point(obj, y, b["g"], obj.loss_grad(y, b["g"]), b)
-        rhs = -gz
+        g = b["g"]
+        loss0 = obj.loss_grad(y, g)
+        rhs = -g
         marquardt = self.damping_mode == "marquardt"
-        diag = obj.gn_diag(z, b["diag"]) if (self.precondition == "jacobi" or marquardt) else None
+        diag = obj.gn_diag(y, b["diag"]) if (self.precondition == "jacobi" or marquardt) else None
         if diag is not None:
             # rows without training entries have a zero diagonal (and zero gradient)
-            np.maximum(diag, np.float32(1e-6), out=diag)
+            be.clamp_min_(diag, 1e-6)
         cg_total = 0
         for attempt in range(self.max_retries + 1):
-            gamma = np.float32(self._gamma)
+            gamma = _f32(self._gamma)
             # damping matrix D: the identity, or diag(G) (Marquardt)
             if marquardt:
 
                 def matvec(v, out):
-                    obj.gvp(z, v, out)
+                    obj.gvp(y, v, out)
                     out += gamma * diag * v
                     return out
 
-                pre = (1 + gamma) * diag if self.precondition == "jacobi" else None
+                pre = _f32(1 + gamma) * diag if self.precondition == "jacobi" else None
             else:
 
                 def matvec(v, out):
-                    obj.gvp(z, v, out)
+                    obj.gvp(y, v, out)
                     out += gamma * v
                     return out
 
                 pre = (diag + gamma) if self.precondition == "jacobi" else None
             if self.precondition == "block":
-                shift, scale = (0.0, 1.0 + float(gamma)) if marquardt else (float(gamma), 1.0)
-                pre = obj.block_preconditioner(z, shift, scale)
-            res = conjugate_gradient(matvec, rhs, self.cg_iters, self.cg_tol, pre)
+                shift, scale = (0.0, 1.0 + gamma) if marquardt else (gamma, 1.0)
+                pre = obj.block_preconditioner(y, shift, scale)
+            res = conjugate_gradient(matvec, rhs, self.cg_iters, self.cg_tol, pre, backend=be)
             cg_total += res.iterations
             delta = res.x
             # model decrease: -(g.d + 1/2 d.G d), with d.G d = d.(G + gamma D)d - gamma d.D d
-            dDd = dot(delta * diag, delta) if marquardt else dot(delta, delta)
-            dGd = res.curvature - float(gamma) * dDd
-            gd = dot(gz, delta)
+            dDd = be.dot(delta * diag, delta) if marquardt else be.dot(delta, delta)
+            dGd = res.curvature - gamma * dDd
+            gd = be.dot(g, delta)
             t = 1.0
             if self.line_search:
-                t, loss1 = _quartic_minimizer(obj.step_polynomial(z, delta), t_max=2.0)
-                delta *= np.float32(t)
+                t, loss1 = _quartic_minimizer(obj.step_polynomial(y, delta), t_max=2.0)
+                delta *= _f32(t)
             predicted = -(t * gd + 0.5 * t * t * dGd)
             trial = b["trial"]
-            np.add(y, delta, out=trial)
+            trial[:] = y
+            trial += delta
             if not self.line_search:
-                loss1 = obj.loss(trial) if z is y else obj.loss(z + delta)
+                loss1 = obj.loss(trial)
             actual = loss0 - loss1
             ratio = actual / predicted if predicted > 0 else -np.inf
             if ratio < 0.25 or not np.isfinite(loss1):
@@ -213,7 +234,7 @@ class HessianFree(Optimizer):
                 self._gamma = max(self._gamma / self.boost, self.min_damping)
             if np.isfinite(loss1) and loss1 <= loss0:
                 y[:] = trial
-                return {"damping": float(gamma), "cg_iters": cg_total, "rho_lm": float(ratio), "rejected": attempt,
+                return {"damping": gamma, "cg_iters": cg_total, "rho_lm": float(ratio), "rejected": attempt,
                         "step": float(t)}
         return {"damping": float(self._gamma), "cg_iters": cg_total, "rho_lm": float(ratio), "rejected": attempt + 1}
 
@@ -229,30 +250,15 @@ def _quartic_minimizer(coef: np.ndarray, t_max: float) -> tuple[float, float]:
 
 
 @register("sslf")
-class SharpnessAwareHF(HessianFree):
+def sslf(rho: float = 0.05, cg_iters: int = 10, cg_tol: float = 1e-2, damping: float = 1.0, boost: float = 1.5,
+         precondition: str = "block", max_retries: int = 8, min_damping: float = 1e-4,
+         damping_mode: str = "identity", line_search: bool = True, seed: int = 0) -> SharpnessAware:
     """SSLF: SLF on the sharpness-aware objective max_{|eps| <= rho} L(y + eps).
 
-    eps = rho g / |g|; the gradient and the Gauss-Newton products are taken at
-    y + eps, the step is applied to y.  ``rho = 0`` reproduces SLF exactly.
+    eps = rho g / |g|; the gradient, the Gauss-Newton products, the line search and
+    the damping ratio are taken at y + eps, the step is applied to y.  ``rho = 0``
+    reproduces SLF exactly.
     """
-
-    name = "sslf"
-
-    def __init__(self, rho: float = 0.05, cg_iters: int = 10, cg_tol: float = 1e-2, damping: float = 1.0,
-                 boost: float = 1.5, precondition: str = "block", max_retries: int = 8, min_damping: float = 1e-4,
-                 damping_mode: str = "identity", line_search: bool = True, seed: int = 0):
-        super().__init__(cg_iters, cg_tol, damping, boost, precondition, max_retries, min_damping, damping_mode,
-                         line_search, seed)
-        self.rho = positive("rho", rho, allow_zero=True)
-
-    def model_point(self, obj, y, g, loss, work):
-        if self.rho == 0.0:
-            return y, g, loss
-        gnorm = np.sqrt(dot(g, g))
-        if gnorm == 0.0:
-            return y, g, loss
-        z = work["z"]
-        np.multiply(g, np.float32(self.rho / gnorm), out=z)
-        z += y
-        loss_z = obj.loss_grad(z, work["g2"])
-        return z, work["g2"], loss_z
+    base = HessianFree(cg_iters, cg_tol, damping, boost, precondition, max_retries, min_damping, damping_mode,
+                       line_search, seed)
+    return SharpnessAware(base, rho, name="sslf")
