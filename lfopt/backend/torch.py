@@ -546,7 +546,7 @@ class TorchBackend:
         C = torch.zeros((R, n), dtype=torch.int32, device=dev)
         C.index_put_((tblock, items), torch.ones_like(items, dtype=torch.int32), accumulate=True)
         cols = torch.arange(n, device=dev)
-        step = max(1, self.chunk_floats // max(1, n))
+        step = max(1, self.chunk_floats // max(1, 4 * n))  # about 4 (targets x n) temporaries at once
         for a in range(0, tpos.numel(), step):
             sl = slice(a, a + step)
             r, it, sv = tblock[sl], items[sl], s[sl]
