@@ -595,11 +595,13 @@ class TorchLFKernels:
         # CSR (by user) and the transpose (by item)
         self.u_ptr, self.u_col, self.u_val = t(csr.indptr), t(csr.indices), t(csr.data, _F32)
         self.i_ptr, self.i_col, self.i_val = t(csc.indptr), t(csc.indices), t(csc.data, _F32)
+        # the sparse products' index arrays: int32 where they fit (cuSPARSE's and MKL's native width)
+        idx_dt = torch.int32 if self.nnz < 2**31 - 1 and max(self.m, self.n) < 2**31 - 1 else _I64
+        self._sp = {side: (ptr.to(idx_dt), col.to(idx_dt)) for side, ptr, col in
+                    (("u", self.u_ptr, self.u_col), ("i", self.i_ptr, self.i_col))}
         inv = np.empty(self.nnz, dtype=np.int64)
         inv[csr.order] = np.arange(self.nnz)
         self.csc_from_csr = t(inv[csc.order])  # position in CSR order of every CSC entry
-        self.u_row = torch.repeat_interleave(torch.arange(self.m, device=dev), self.u_ptr[1:] - self.u_ptr[:-1])
-        self.i_row = torch.repeat_interleave(torch.arange(self.n, device=dev), self.i_ptr[1:] - self.i_ptr[:-1])
         self.cnt_u = (self.u_ptr[1:] - self.u_ptr[:-1]).to(_F32)
         self.cnt_i = (self.i_ptr[1:] - self.i_ptr[:-1]).to(_F32)
         self._zeros_pat = self._U(torch.zeros(self.nnz, dtype=_F32, device=dev))
@@ -612,11 +614,16 @@ class TorchLFKernels:
     # ------------------------------------------------------------ helpers
     def _U(self, vals_csr):
         """The m x n sparse matrix with values (CSR order)."""
-        return _sparse(self.u_ptr, self.u_col, vals_csr, (self.m, self.n))
+        return _sparse(*self._sp["u"], vals_csr, (self.m, self.n))
 
     def _I(self, vals_csr):
         """The n x m transpose, from values in CSR order."""
-        return _sparse(self.i_ptr, self.i_col, vals_csr[self.csc_from_csr], (self.n, self.m))
+        return _sparse(*self._sp["i"], vals_csr[self.csc_from_csr], (self.n, self.m))
+
+    def _side_sparse(self, side, vals):
+        """The sparse matrix of a side (users: m x n, items: n x m) with values in that side's order."""
+        shape = (self.m, self.n) if side == "u" else (self.n, self.m)
+        return _sparse(*self._sp[side], vals, shape)
 
     def _sddmm(self, A, B):
         """(A[u] . B[i]) of every entry, CSR order."""
@@ -711,7 +718,7 @@ class TorchLFKernels:
         wu, wi, wbu, wbi = self._weights(w)
         ones = torch.ones(self.nnz, dtype=_F32, device=self.device)
         OP.copy_(self._U(ones) @ (Q * Q)).add_(wu[:, None])
-        OQ.copy_(_sparse(self.i_ptr, self.i_col, ones, (self.n, self.m)) @ (P * P)).add_(wi[:, None])
+        OQ.copy_(self._side_sparse("i", ones) @ (P * P)).add_(wi[:, None])
         if self.use_bias:
             torch.add(self.cnt_u, wbu, out=obu)
             torch.add(self.cnt_i, wbi, out=obi)
@@ -777,7 +784,7 @@ class TorchLFKernels:
 
         One SpMM of the rows' 0/1 pattern with the other side's outer products vec(z z^T),
         a slice of the first index at a time so that no temporary exceeds chunk_floats."""
-        ptr, col = (self.u_ptr, self.u_col) if side == "u" else (self.i_ptr, self.i_col)
+        ptr, col = self._sp[side]
         n_other = self.n if side == "u" else self.m
         Z = self._one(Y)
         g = Z.shape[1]
@@ -875,14 +882,12 @@ class TorchLFKernels:
         self._als_side("i", t_i, P, wi, wbi, Q, bi)
 
     def _als_side(self, side, target, Y, wX, wb, X, b_self):
-        ptr, col = (self.u_ptr, self.u_col) if side == "u" else (self.i_ptr, self.i_col)
         rows = X.shape[0]
-        n_other = Y.shape[0]
         f = Y.shape[1]
         Z64 = self._one(Y).to(_F64)
         g = Z64.shape[1]
-        cnt = ptr[1:] - ptr[:-1]
-        rhs_all = _sparse(ptr, col, target.to(_F64), (rows, n_other)) @ Z64
+        cnt = self.cnt_u if side == "u" else self.cnt_i
+        rhs_all = self._side_sparse(side, target.to(_F64)) @ Z64
         for r0, r1 in self._row_chunks(rows, g):
             A = self._grams(side, Y, r0, r1)
             self._add_diag(A, wX[r0:r1], wb[r0:r1] if self.use_bias else wb)
