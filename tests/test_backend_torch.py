@@ -141,7 +141,8 @@ def _ref_blocks(pb, shift, diag_scale):
     _, _, P, Q = (np.asarray(x, dtype=np.float64) for x in pb.params)
     wu, wi, wbu, wbi = (np.asarray(x, dtype=np.float64) for x in pb.w)
     out = []
-    for rows, cols, Y, wX, wb, nr in ((d.users, d.items, Q, wu, wbu, d.n_users), (d.items, d.users, P, wi, wbi, d.n_items)):
+    for rows, cols, Y, wX, wb, nr in ((d.users, d.items, Q, wu, wbu, d.n_users),
+                                      (d.items, d.users, P, wi, wbi, d.n_items)):
         Z = np.hstack([Y, np.ones((len(Y), 1))]) if pb.use_bias else Y
         g = Z.shape[1]
         A = np.zeros((nr, g, g))
@@ -203,8 +204,8 @@ def test_get_backend_and_vector_ops(be):
     np.testing.assert_array_equal(be.to_numpy(be.zeros_like(ta)), np.zeros_like(a))
     assert be.empty_like(ta).shape == ta.shape
     # Adam-style moment update == the numba kernel
-    args = [rng.normal(size=257).astype(np.float32) for _ in range(3)] + [np.abs(rng.normal(size=257)).astype(np.float32)]
-    y, g, m_, s = args
+    y, g, m_ = (rng.normal(size=257).astype(np.float32) for _ in range(3))
+    s = np.abs(rng.normal(size=257)).astype(np.float32)
     d = np.abs(g) + 0.1
     ny, nm, ns = y.copy(), m_.copy(), s.copy()
     f32 = np.float32

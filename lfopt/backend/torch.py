@@ -474,7 +474,8 @@ class TorchBackend:
             vn = beta2 * vL[ul] + om2 * g * g
             mL[ul] = mn
             vL[ul] = vn
-            nv = lam[ul] - lam_lr * (mn / (1.0 - _pow_f32(beta1, kl))) / (torch.sqrt(vn / (1.0 - _pow_f32(beta2, kl))) + eps)
+            step_l = (mn / (1.0 - _pow_f32(beta1, kl))) / (torch.sqrt(vn / (1.0 - _pow_f32(beta2, kl))) + eps)
+            nv = lam[ul] - lam_lr * step_l
             lam[ul] = nv.clamp_min(0.0)
         stats_t += acc
         io.finish()
