@@ -7,6 +7,7 @@ Both kernel sets get the same data, parameters, row weights (count-weighted L2,
 lam = 0.05) and directions.  Every oracle is warmed up first (numba compiles,
 torch/cuDNN/cuSPARSE initialise), then timed ``--repeats`` times; the table shows
 the median in milliseconds and the ratio torch / numba (below 1: torch is faster).
+The backends take turns call by call, so that a busy machine slows both alike.
 On a CUDA device torch's times are taken between ``torch.cuda.synchronize()`` calls,
 and the table adds the effective bandwidth of the two full-batch sweeps (gradient
 and Gauss-Newton product): per training entry they must move at least the gathered
@@ -78,28 +79,32 @@ def oracles(be, train, f, use_bias, data):
     }
 
 
-def timer(be):
-    sync = None
+def syncer(be):
+    """torch.cuda.synchronize for a CUDA torch backend, else None."""
     if getattr(be, "name", "") == "torch" and str(be.device).startswith("cuda"):
         import torch
 
-        sync = torch.cuda.synchronize
+        return torch.cuda.synchronize
+    return None
 
-    def run(fn, repeats, warmup):
+
+def time_interleaved(calls, repeats, warmup):
+    """Median seconds of each (fn, sync) in ``calls``, the backends taking turns call by call
+    (so that a busy machine slows them alike)."""
+    for fn, sync in calls:
         for _ in range(warmup):
             fn()
         if sync:
             sync()
-        times = []
-        for _ in range(repeats):
+    times = [[] for _ in calls]
+    for _ in range(repeats):
+        for k, (fn, sync) in enumerate(calls):
             t0 = time.perf_counter()
             fn()
             if sync:
                 sync()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
-    return run
+            times[k].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def main(argv=None):
@@ -129,14 +134,16 @@ def main(argv=None):
             backends.insert(0, ("numba", nb))
         else:
             print("(the numba backend has no lf_kernels yet: timing torch alone)")
-    results = {}
+    tables = {}
     for label, be in backends:
         t0 = time.perf_counter()
-        _, table = oracles(be, train, f, use_bias, data)
-        setup = time.perf_counter() - t0
-        run = timer(be)
-        results[label] = {name: run(fn, args.repeats, args.warmup) for name, fn in table.items()}
-        print(f"  {label}: kernel set built in {setup * 1e3:.0f} ms")
+        _, tables[label] = oracles(be, train, f, use_bias, data)
+        print(f"  {label}: kernel set built in {(time.perf_counter() - t0) * 1e3:.0f} ms")
+    results = {label: {} for label, _ in backends}
+    for name in tables[backends[0][0]]:
+        calls = [(tables[label][name], syncer(be)) for label, be in backends]
+        for (label, _), t in zip(backends, time_interleaved(calls, args.repeats, args.warmup)):
+            results[label][name] = t
     names = list(next(iter(results.values())))
     cols = [lab for lab, _ in backends]
     head = f"{'oracle':<18}" + "".join(f"{c + ' ms':>12}" for c in cols)
