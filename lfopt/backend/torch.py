@@ -16,9 +16,9 @@ torch runs through MKL (CPU) or cuSPARSE (CUDA) without ever gathering an
 * ``J^T s`` is one SpMM per side: ``S [Q, 1]`` gives the user rows and their bias
   together, ``S^T [P, 1]`` the item rows (S^T's values are S's, permuted to CSC order);
 * per-row Gauss-Newton blocks and ALS normal matrices are one SpMM of the 0/1 pattern
-  with the outer products ``vec(z z^T)`` of the other side's rows, z = (y, 1): never
-  an (|K|, f, f) array; the outer products are formed a column slice at a time
-  (``chunk_floats`` bounds every temporary), factored in float64 by batched Cholesky.
+  with the products z_a z_b (a <= b, the upper triangle) of the other side's rows,
+  z = (y, 1): never an (|K|, f, f) array; the products are formed a slice of pairs at a
+  time (``chunk_floats`` bounds every temporary), factored in float64 by batched Cholesky.
 
 Measured on 2 CPU cores (ML-1M, rank 20), these products take 2-4 ms where a
 gather + ``index_add_`` formulation takes 100+ ms.  Mini-batch oracles
