@@ -210,3 +210,35 @@ def test_block_preconditioner_inverts_the_per_row_blocks_of_g(use_bias, weightin
     out = np.zeros_like(r)
     obj.block_preconditioner(y, shift=shift)(r, out)
     assert _rel(out, np.linalg.solve(M, r.astype(np.float64))) < 1e-4
+
+
+def test_uniform_per_visit_fast_path_equals_the_per_row_path():
+    """Count-weighted L2 gives every visited row the same per-visit coefficients: the numba kernel
+    set then passes them once (uniform=True) instead of per row; both paths give the same numbers."""
+    from lfopt.kernels import lf as K
+
+    data, obj, y = _setup(True)
+    ks = obj.kernels
+    fast = ks._per_visit(obj._v)
+    assert fast[-1] is True and all(len(a) == 1 for a in fast[:4])
+    np.testing.assert_array_equal(fast[0], np.float32(LAM))
+    slow = (*obj._v, False)
+    t = data
+    batch = np.arange(0, data.nnz, 3)
+    outs = []
+    for v in (fast, slow):
+        g = [np.zeros_like(a) for a in obj.unpack(y)]
+        d = [np.zeros_like(a) for a in obj.unpack(y)]
+        sse = K.batch_grad_diag(t.users, t.items, t.values, batch, np.float32(obj.mu), *obj.unpack(y), *v, True,
+                                np.float32(2.0), True, *g, *d)
+        lay = ks._sgd_layout()
+        y2 = y.copy()
+        K.sgd_epoch(lay["rows"], lay["cols"], lay["vals"], lay["ptr"], lay["nb"], lay["perm"].copy(), False,
+                    np.uint64(1), np.float32(obj.mu), *obj.unpack(y2), np.float32(0.01), *v, True)
+        outs.append((sse, np.concatenate([a.ravel() for a in g + d]), y2))
+    assert outs[0][0] == outs[1][0]
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+    np.testing.assert_array_equal(outs[0][2], outs[1][2])
+    # weights that differ between rows take the per-row path
+    _, obj2, _ = _setup(True, "rows")
+    assert obj2.kernels._per_visit(obj2._v)[-1] is False

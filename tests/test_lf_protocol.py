@@ -97,6 +97,10 @@ def test_l2_row_weights_and_params():
     np.testing.assert_allclose(wi, [0.8, 0.6], rtol=1e-6)
     np.testing.assert_allclose(wbu, [0.5, 0.54, 0.6], rtol=1e-6)
     np.testing.assert_allclose(wbi, [0.56, 0.52], rtol=1e-6)
+    vu, vi, vbu, vbi = reg.visit_weights(np.array([0, 2, 5]), np.array([3, 1]))
+    np.testing.assert_allclose(vu, [0.0, 0.1 + 0.5 / 2, 0.1 + 0.5 / 5], rtol=1e-6)  # w / n, 0 where never visited
+    np.testing.assert_allclose(vbi, [0.02 + 0.5 / 3, 0.52], rtol=1e-6)
+    assert np.all(L2(0.1).visit_weights(np.array([1, 7]), np.array([3]))[0] == np.float32(0.1))
     assert reg.get_params() == {"lam": 0.1, "lam_b": 0.02, "lam0": 0.5, "lam0_b": 0.5}
     assert reg.name == "l2"
     assert L2(0.3).lam_b == 0.3 and L2(0.3).lam0 == 0.0

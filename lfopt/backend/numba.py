@@ -112,6 +112,28 @@ class NumbaLFKernels:
         self._e_csc = np.empty(self.nnz, dtype=np.float32)
         self._n_blocks = n_blocks
         self._sgd = None
+        self._visits = (None, None)  # (v as given, what the per-entry kernels get)
+        self._visited_u = np.diff(self.csr.indptr) > 0
+        self._visited_i = np.diff(self.csc.indptr) > 0
+
+    def _per_visit(self, v):
+        """``(vu, vi, vbu, vbi, uniform)`` for the per-entry kernels: when every row that has
+        entries has the same coefficients (the count-weighted L2), length-1 arrays and
+        ``uniform=True`` (saves four scattered loads per visit); else ``v`` itself.
+        Cached for the last ``v`` seen (objectives pass the same tuple every call)."""
+        if self._visits[0] is not v:
+            vu, vi, vbu, vbi = v
+            uniform = True
+            one = []
+            for a, seen in ((vu, self._visited_u), (vi, self._visited_i), (vbu, self._visited_u),
+                            (vbi, self._visited_i)):
+                vals = a[seen] if len(a) == len(seen) else a
+                if len(vals) and not np.all(vals == vals[0]):
+                    uniform = False
+                    break
+                one.append(np.full(1, vals[0] if len(vals) else 0.0, dtype=np.float32))
+            self._visits = (v, (*one, True) if uniform else (vu, vi, vbu, vbi, False))
+        return self._visits[1]
 
     # ------------------------------------------------------- full-batch oracles
     def residual_grad(self, mu, params, w, grad) -> float:
@@ -215,10 +237,9 @@ class NumbaLFKernels:
     def sgd_epoch(self, mu, params, lr, v, seed, reshuffle) -> float:
         lay = self._sgd_layout()
         bu, bi, P, Q = params
-        vu, vi, vbu, vbi = v
         return float(K.sgd_epoch(lay["rows"], lay["cols"], lay["vals"], lay["ptr"], lay["nb"], lay["perm"],
                                  bool(reshuffle), np.uint64(seed), np.float32(mu), bu, bi, P, Q, np.float32(lr),
-                                 vu, vi, vbu, vbi, self.use_bias))
+                                 *self._per_visit(v), self.use_bias))
 
     def batch_grad(self, mu, params, v, batch, scale, grad, diag=None) -> float:
         for a in grad:
@@ -231,9 +252,8 @@ class NumbaLFKernels:
             diag = grad  # never written
         t = self.train
         bu, bi, P, Q = params
-        vu, vi, vbu, vbi = v
-        return float(K.batch_grad_diag(t.users, t.items, t.values, batch, np.float32(mu), bu, bi, P, Q, vu, vi, vbu,
-                                       vbi, self.use_bias, np.float32(scale), want, *grad, *diag))
+        return float(K.batch_grad_diag(t.users, t.items, t.values, batch, np.float32(mu), bu, bi, P, Q,
+                                       *self._per_visit(v), self.use_bias, np.float32(scale), want, *grad, *diag))
 
     def als_sweep(self, mu, params, w) -> None:
         bu, bi, P, Q = params

@@ -87,6 +87,12 @@ class LFObjective(Objective):
         nb = (lambda k: (k,)) if self.use_bias else (lambda k: (0,))
         self.layout = ParamLayout((("b_u", nb(self.m)), ("b_i", nb(self.n)), ("P", (self.m, self.f)),
                                    ("Q", (self.n, self.f))))
+        pos, self._slices = 0, []
+        for _, shape in self.layout.blocks:
+            k = int(np.prod(shape))
+            self._slices.append((pos, pos + k, shape))
+            pos += k
+        self._flat_size = pos
         self.kernels = self.backend.lf_kernels(train, self.use_bias, n_blocks)
         caps = set(LF_CAPABILITIES)
         if getattr(self.kernels, "has_sgd_epoch", False):
@@ -94,21 +100,24 @@ class LFObjective(Objective):
         self.capabilities = frozenset(caps)
         self.last_sse = float("nan")  # sum of squared residuals at the last loss() / loss_grad() call
         self._counts = (train.user_counts(), train.item_counts())
-        self.set_row_weights(*regularizer.row_weights(*self._counts))
+        visits = regularizer.visit_weights(*self._counts) if hasattr(regularizer, "visit_weights") else None
+        self.set_row_weights(*regularizer.row_weights(*self._counts), visits=visits)
 
     # ---------------------------------------------------------------- weights
-    def set_row_weights(self, wu, wi, wbu, wbi) -> None:
+    def set_row_weights(self, wu, wi, wbu, wbi, visits=None) -> None:
         """Install per-row L2 weights (numpy, lengths m, n, m, n): the kernels' ``w``, the
-        per-visit coefficients ``w / n`` of SGD and mini-batches (0 for rows without
-        entries, which are never visited) and the flat diagonal W of the penalty."""
+        per-visit coefficients of SGD and mini-batches (``visits``, default ``w / n``;
+        0 for rows without entries, which are never visited) and the flat diagonal W of
+        the penalty."""
         ws = [np.ascontiguousarray(a, dtype=np.float32) for a in (wu, wi, wbu, wbi)]
         for a, k, nm in zip(ws, (self.m, self.n, self.m, self.n), ("wu", "wi", "wbu", "wbi")):
             if a.shape != (k,):
                 raise ValueError(f"row weights {nm} have shape {a.shape}, expected ({k},)")
         cu, ci = self._counts
-        visits = []
-        for a, c in zip(ws, (cu, ci, cu, ci)):
-            visits.append((a.astype(np.float64) / np.maximum(c, 1)).astype(np.float32))
+        if visits is None:
+            visits = [(a.astype(np.float64) / np.maximum(c, 1)).astype(np.float32)
+                      for a, c in zip(ws, (cu, ci, cu, ci))]
+        visits = [np.ascontiguousarray(a, dtype=np.float32) for a in visits]
         diag = np.empty(self.size, dtype=np.float32)
         dbu, dbi, DP, DQ = self.layout.unpack(diag)
         DP[:] = ws[0][:, None]
@@ -137,6 +146,13 @@ class LFObjective(Objective):
         return 0.5 * self._wdot(y, y)
 
     # ----------------------------------------------------------------- params
+    def unpack(self, y):
+        """Views ``(b_u, b_i, P, Q)`` into the flat vector ``y`` (the layout's, with the
+        offsets computed once: this runs several times per mini-batch)."""
+        if tuple(y.shape) != (self._flat_size,):
+            raise ValueError(f"parameter vector has shape {tuple(y.shape)}, expected ({self._flat_size},)")
+        return tuple(y[a:b].reshape(shape) for a, b, shape in self._slices)
+
     def init_params(self, scale: float = 0.1, seed: int = 0):
         """Biases 0, factors ~ N(0, scale^2 / f) so that initial predictions are O(scale^2).
 

@@ -63,3 +63,19 @@ class L2:
                 out.append(np.ascontiguousarray(w, dtype=f32))
         wu, wi, wbu, wbi = out
         return wu, wi, wbu, wbi
+
+    def visit_weights(self, user_counts, item_counts):
+        """Per-visit coefficients ``(vu, vi, vbu, vbi)``: the row weights divided by the row
+        counts (``lam + lam0 / n_u``; 0 for rows without entries, which are never visited).
+
+        Computed directly, so that with ``lam0 = 0`` every visited row gets exactly
+        ``float32(lam)`` (per-entry kernels then take their uniform fast path).
+        """
+        f32 = np.float32
+        out = []
+        for lam, lam0 in ((self.lam, self.lam0), (self.lam_b, self.lam0_b)):
+            for c in (np.asarray(user_counts), np.asarray(item_counts)):
+                v = np.where(c > 0, lam + lam0 / np.maximum(c, 1), 0.0)
+                out.append(np.ascontiguousarray(v, dtype=f32))
+        vu, vi, vbu, vbi = out
+        return vu, vi, vbu, vbi
