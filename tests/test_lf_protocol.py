@@ -107,9 +107,14 @@ def test_l2_row_weights_and_params():
     for bad in (dict(lam=-1.0), dict(lam=float("nan")), dict(lam=0.1, lam_b=-0.1), dict(lam=0.1, lam0="x")):
         with pytest.raises(lfopt.ConfigError):
             L2(**bad)
-    import lfopt.regularizers.l2 as mod
 
-    assert doctest.testmod(mod).failed == 0
+
+@pytest.mark.parametrize("name", ["lfopt.regularizers.l2", "lfopt.models.lf", "lfopt.optim.sharpness"])
+def test_docstring_examples(name):
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_lam_shortcut_is_the_count_weighted_l2_and_arguments_are_checked(data):

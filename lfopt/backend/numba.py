@@ -153,7 +153,8 @@ class NumbaLFKernels:
     def sse(self, mu, params) -> float:
         bu, bi, P, Q = params
         csr = self.csr
-        return float(K.residual_sse(csr.indptr, csr.indices, csr.data, np.float32(mu), bu, bi, P, Q, self.use_bias))
+        K.residuals(csr.indptr, csr.indices, csr.data, np.float32(mu), bu, bi, P, Q, self.use_bias, self._e)
+        return float(K.sum_squares(self._e))
 
     def gvp(self, params, v, w, out) -> None:
         """out = J^T J v + W v by the hidden mapping (s = J v stored in CSR order, then J^T s)."""

@@ -225,26 +225,6 @@ def side_gn_diagonal(indptr, indices, Y, wx, wb, use_bias, out, out_b):
 
 
 @njit(parallel=True, **_JIT)
-def residual_sse(indptr, indices, data, mu, bu, bi, P, Q, use_bias):
-    """Sum of squared residuals over a CSR view (float64), without storing them."""
-    f = P.shape[1]
-    total = 0.0
-    for u in prange(indptr.shape[0] - 1):
-        s = 0.0
-        for k in range(indptr[u], indptr[u + 1]):
-            i = indices[k]
-            acc = np.float32(0.0)
-            for d in range(f):
-                acc += P[u, d] * Q[i, d]
-            if use_bias:
-                acc += bu[u] + bi[i]
-            e = data[k] - mu - acc
-            s += e * e
-        total += s
-    return total
-
-
-@njit(parallel=True, **_JIT)
 def sum_squares(x):
     total = 0.0
     for k in prange(x.shape[0]):
