@@ -103,6 +103,18 @@ def test_recommend_restricted_items_and_unknown_users(lf):
         model.recommend(196, k=0)
 
 
+def test_recommend_all_with_untrained_items_and_a_last_user_without_entries():
+    # item 3 and user 3 have no training entry: the candidate set is a subset and the
+    # seen-items CSR ends with an empty row
+    data = lfopt.Interactions([0, 0, 1, 2], [0, 1, 1, 2], [5.0, 4.0, 3.0, 1.0], n_users=4, n_items=4)
+    model = LatentFactorModel(rank=2, optimizer="als", epochs=2).fit(data)
+    items, scores = model.recommend(None, k=2)
+    assert items.shape == (4, 2)
+    assert items[0].tolist() == [2, -1]  # user 0 saw items 0 and 1; item 3 is never recommended
+    assert set(items[1].tolist()) == {0, 2} and set(items[2].tolist()) == {0, 1}
+    assert 3 not in items
+
+
 def test_similar_items_and_users_by_cosine(lf):
     model, train, _ = lf
     bu, bi, P, Q = model.factors()

@@ -310,9 +310,9 @@ class Recommender:
                 pos[cand] = np.arange(len(cand))
                 mapped = pos[idx]
                 keep = mapped >= 0
-                counts = np.add.reduceat(keep.astype(np.int64), ptr[:-1]) if len(idx) else np.zeros(len(ptr) - 1)
-                counts[np.diff(ptr) == 0] = 0
-                ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+                owner = np.repeat(np.arange(self.n_users_), np.diff(ptr))
+                ptr = np.zeros(self.n_users_ + 1, dtype=np.int64)
+                np.cumsum(np.bincount(owner[keep], minlength=self.n_users_), out=ptr[1:])
                 idx = mapped[keep].astype(np.int32)
         else:
             ptr, idx = np.zeros(self.n_users_ + 1, dtype=np.int64), np.zeros(0, dtype=np.int32)
