@@ -58,44 +58,52 @@ class ParamLayout:
 
     blocks: tuple
 
+    def __post_init__(self):
+        # (name, start, end, shape) of every block, computed once: unpack runs several
+        # times per mini-batch
+        slices, pos = [], 0
+        for name, shape in self.blocks:
+            k = int(np.prod(shape))
+            slices.append((name, pos, pos + k, tuple(shape)))
+            pos += k
+        object.__setattr__(self, "_slices", tuple(slices))
+        object.__setattr__(self, "_size", pos)
+
     @property
     def names(self) -> tuple:
         return tuple(name for name, _ in self.blocks)
 
-    def shape(self, name: str) -> tuple:
-        for nm, shape in self.blocks:
-            if nm == name:
-                return tuple(shape)
+    def _slice(self, name: str):
+        for sl in self._slices:
+            if sl[0] == name:
+                return sl
         raise KeyError(f"no block {name!r} in layout {self.names}")
 
+    def shape(self, name: str) -> tuple:
+        return self._slice(name)[3]
+
     def offset(self, name: str) -> int:
-        pos = 0
-        for nm, shape in self.blocks:
-            if nm == name:
-                return pos
-            pos += int(np.prod(shape))
-        raise KeyError(f"no block {name!r} in layout {self.names}")
+        return self._slice(name)[1]
 
     @property
     def size(self) -> int:
-        return int(sum(int(np.prod(shape)) for _, shape in self.blocks))
+        return self._size
+
+    def _check(self, y) -> None:
+        if tuple(y.shape) != (self._size,):
+            raise ValueError(f"parameter vector has shape {tuple(y.shape)}, expected ({self._size},)")
 
     def views(self, y) -> dict:
         """``{name: view}`` into the flat vector ``y`` (numpy array or torch tensor)."""
-        if tuple(y.shape) != (self.size,):
-            raise ValueError(f"parameter vector has shape {tuple(y.shape)}, expected ({self.size},)")
-        out = {}
-        pos = 0
-        for name, shape in self.blocks:
-            k = int(np.prod(shape))
-            out[name] = y[pos:pos + k].reshape(shape)
-            pos += k
-        return out
+        self._check(y)
+        return {name: y[a:b].reshape(shape) for name, a, b, shape in self._slices}
 
     def unpack(self, y, *names):
         """The views of ``names`` (all blocks if none), as a tuple."""
-        v = self.views(y)
-        return tuple(v[n] for n in (names or self.names))
+        self._check(y)
+        if not names:
+            return tuple(y[a:b].reshape(shape) for _, a, b, shape in self._slices)
+        return tuple(y[a:b].reshape(shape) for _, a, b, shape in map(self._slice, names))
 
     def to_meta(self) -> list:
         return [[name, list(shape)] for name, shape in self.blocks]

@@ -87,12 +87,6 @@ class LFObjective(Objective):
         nb = (lambda k: (k,)) if self.use_bias else (lambda k: (0,))
         self.layout = ParamLayout((("b_u", nb(self.m)), ("b_i", nb(self.n)), ("P", (self.m, self.f)),
                                    ("Q", (self.n, self.f))))
-        pos, self._slices = 0, []
-        for _, shape in self.layout.blocks:
-            k = int(np.prod(shape))
-            self._slices.append((pos, pos + k, shape))
-            pos += k
-        self._flat_size = pos
         self.kernels = self.backend.lf_kernels(train, self.use_bias, n_blocks)
         caps = set(LF_CAPABILITIES)
         if getattr(self.kernels, "has_sgd_epoch", False):
@@ -146,13 +140,6 @@ class LFObjective(Objective):
         return 0.5 * self._wdot(y, y)
 
     # ----------------------------------------------------------------- params
-    def unpack(self, y):
-        """Views ``(b_u, b_i, P, Q)`` into the flat vector ``y`` (the layout's, with the
-        offsets computed once: this runs several times per mini-batch)."""
-        if tuple(y.shape) != (self._flat_size,):
-            raise ValueError(f"parameter vector has shape {tuple(y.shape)}, expected ({self._flat_size},)")
-        return tuple(y[a:b].reshape(shape) for a, b, shape in self._slices)
-
     def init_params(self, scale: float = 0.1, seed: int = 0):
         """Biases 0, factors ~ N(0, scale^2 / f) so that initial predictions are O(scale^2).
 
