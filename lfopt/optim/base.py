@@ -101,9 +101,4 @@ def make_optimizer(name: str, **options) -> Optimizer:
         accepted = sorted(set(params) | ({"rho"} if getattr(factory, "has_gradient_step", False) else set()))
         raise ConfigError(f"optimizer {key!r} does not take option(s) {unknown}; it takes {accepted}")
     opt = factory(**given)
-    if rho is not None:
-        if not opt.has_gradient_step:
-            raise ConfigError(f"optimizer {key!r} has no gradient step, so it cannot be made sharpness-aware "
-                              f"(rho={rho!r}); use rho with sgd, adam, adago or slf")
-        opt = SharpnessAware(opt, rho)
-    return opt
+    return opt if rho is None else SharpnessAware(opt, rho)

@@ -139,7 +139,7 @@ class SharpnessAware(Optimizer):
     def __init__(self, base: Optimizer, rho: float = 0.05, name: str | None = None):
         if not getattr(base, "has_gradient_step", False):
             raise ConfigError(f"optimizer {base.name!r} has no gradient step, so it cannot be made "
-                              f"sharpness-aware (rho={rho!r})")
+                              f"sharpness-aware (rho={rho!r}); use rho with sgd, adam, adago or slf")
         super().__init__(base.seed)
         self.rho = positive("rho", rho, allow_zero=True)
         self._base = base

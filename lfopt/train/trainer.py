@@ -14,10 +14,13 @@ torch tensor); the trainer only copies it through ``objective.backend``.
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+
+import numpy as np
 
 from ..errors import ConfigError
 
@@ -176,7 +179,8 @@ _ADVICE = "Lower the learning rate or raise the regularization."
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) or hasattr(v, "dtype") and getattr(v, "ndim", 1) == 0
+    """A real scalar (Python or numpy), not a bool: what a history row records."""
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
 def _copy_state(state: dict) -> dict:
