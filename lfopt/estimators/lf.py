@@ -11,7 +11,8 @@ from ..errors import ConfigError
 from ..eval.metrics import rating_metrics
 from .base import Recommender, register_model
 
-_FIXED = ("rank", "optimizer", "epochs", "lam", "lam_b", "use_bias", "init_scale", "seed", "patience", "verbose",
+_FIXED = ("rank", "optimizer", "epochs", "lam", "lam_b", "lam0", "lam0_b", "use_bias", "init_scale", "seed",
+          "patience", "verbose",
           "backend", "device")
 
 
@@ -25,7 +26,10 @@ class LatentFactorModel(Recommender):
     optimizer : ``"sgd"``, ``"adam"``, ``"als"``, ``"adago"``, ``"slf"`` or ``"sslf"``.
     epochs : maximum number of epochs (for SLF/SSLF an epoch is one Gauss-Newton step).
     lam, lam_b : count-weighted L2 strength of the factors and of the biases
-        (``lam_b=None`` uses ``lam``).
+        (``lam_b=None`` uses ``lam``): row u's penalty grows as ``lam * n_u``.
+    lam0, lam0_b : the constant part of each row's penalty (``lam0_b=None`` uses
+        ``lam0``): row u's factors get ``lam0 + lam * n_u`` (METHODS.md section 2).
+        ``lam=0`` gives the uniform form, ``lam0=0`` the count-weighted one.
     use_bias : include the global mean and user/item biases (False gives the
         plain model r_ui ~ p_u . q_i of the papers).
     init_scale : factors start ~ N(0, init_scale^2 / rank).  Small starts help
@@ -61,7 +65,8 @@ class LatentFactorModel(Recommender):
     _fallback_words = "predicted from the mean and biases"
 
     def __init__(self, rank: int = 10, optimizer: str = "sgd", epochs: int = 40, lam: float = 0.02,
-                 lam_b: float | None = None, use_bias: bool = True, init_scale: float = 0.1, seed: int = 0,
+                 lam_b: float | None = None, lam0: float = 0.0, lam0_b: float | None = None, use_bias: bool = True,
+                 init_scale: float = 0.1, seed: int = 0,
                  patience: int | None = 5, verbose: bool = False, backend: str = "numba", device: str | None = None,
                  **optimizer_options):
         self.rank = rank
@@ -69,6 +74,8 @@ class LatentFactorModel(Recommender):
         self.epochs = epochs
         self.lam = lam
         self.lam_b = lam_b
+        self.lam0 = lam0
+        self.lam0_b = lam0_b
         self.use_bias = use_bias
         self.init_scale = init_scale
         self.seed = seed
@@ -83,7 +90,7 @@ class LatentFactorModel(Recommender):
     def _check_params(self):
         if isinstance(self.rank, bool) or not isinstance(self.rank, (int, np.integer)) or self.rank <= 0:
             raise ConfigError(f"rank must be a positive integer, got {self.rank!r}")
-        for name in ("lam", "lam_b"):
+        for name in ("lam", "lam_b", "lam0", "lam0_b"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer))
                                   or not np.isfinite(v) or v < 0):
@@ -107,8 +114,11 @@ class LatentFactorModel(Recommender):
     def _make_objective(self, train: Interactions):
         from ..models.lf import LFObjective
 
-        return LFObjective(train, self.rank, lam=self.lam, lam_b=self.lam_b, use_bias=self.use_bias,
-                           backend=self.backend, device=self.device)
+        from ..regularizers import L2
+
+        reg = L2(self.lam, self.lam_b, lam0=self.lam0, lam0_b=self.lam0_b)
+        return LFObjective(train, self.rank, regularizer=reg, use_bias=self.use_bias, backend=self.backend,
+                           device=self.device)
 
     def _fit(self, train: Interactions, valid: Interactions | None, callback):
         from ..optim.base import make_optimizer
