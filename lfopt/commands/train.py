@@ -17,8 +17,8 @@ OPTIMIZERS = ("sgd", "adam", "als", "adago", "slf", "sslf")
 OPTIMIZER_FLAGS = [
     ("--lr", "lr", float, "learning rate (sgd, adam, adago)"),
     ("--decay", "decay", float, "sgd: multiply lr by this after every epoch"),
-    ("--batch-size", "batch_size", int, "adam/adago: entries per mini-batch (0 = full batch); sgd: per mini-batch "
-     "when it cannot run its fused per-entry epoch (torch backend, --rho)"),
+    ("--batch-size", "batch_size", int, "adam/adago: entries per mini-batch (0 = full batch; default: |K|/100 within "
+     "[256, 8192]); sgd: per mini-batch when it cannot run its fused per-entry epoch (torch backend, --rho)"),
     ("--damping", "damping", float, "adago: damping a added to the GN diagonal; slf/sslf: initial LM damping"),
     ("--cg-iters", "cg_iters", int, "slf/sslf: at most this many CG iterations per step"),
     ("--cg-tol", "cg_tol", float, "slf/sslf: relative residual at which CG stops"),

@@ -8,9 +8,27 @@ from ..errors import ConfigError
 from .base import Optimizer, positive, register
 
 
+#: "auto" mini-batches give about this many steps per epoch, within the bounds below
+AUTO_STEPS_PER_EPOCH = 100
+AUTO_BATCH_BOUNDS = (256, 8192)
+
+
+def auto_batch_size(nnz: int) -> int:
+    """The mini-batch size of ``batch_size="auto"``: |K| / 100 clipped to [256, 8192].
+
+    A fixed 8192 leaves a 10K-entry dataset one step per epoch; |K| / 100 gives every
+    dataset about 100 steps per epoch, and the bounds keep batches large enough for the
+    parallel kernels (small data) and small enough to keep many steps (large data).
+    """
+    lo, hi = AUTO_BATCH_BOUNDS
+    return int(min(hi, max(lo, int(nnz) // AUTO_STEPS_PER_EPOCH)))
+
+
 def _batch_size(value, allow_zero: bool):
     if value is None:
         return 0
+    if isinstance(value, str) and value.lower() == "auto":
+        return "auto"
     if isinstance(value, bool) or int(value) != value or value < 0 or (value == 0 and not allow_zero):
         bound = "non-negative" if allow_zero else "positive"
         raise ConfigError(f"batch_size must be a {bound} integer, got {value!r}")
@@ -72,8 +90,9 @@ class SGD(Optimizer):
         g = self._state["g"]
         order = self.visit_order(obj, epoch)
         sse = 0.0
-        for start in range(0, obj.nnz, self.batch_size):
-            sse += obj.batch_grad(y, order[start:start + self.batch_size], g, scale=1.0)
+        bs = auto_batch_size(obj.nnz) if self.batch_size == "auto" else self.batch_size
+        for start in range(0, obj.nnz, bs):
+            sse += obj.batch_grad(y, order[start:start + bs], g, scale=1.0)
             g *= lr
             y -= g
         return {"lr": lr, "sgd_mse": sse / obj.nnz}
@@ -148,7 +167,8 @@ class AdaptiveMoments(Optimizer):
             self._init(obj, y)
         st = self._state
         g, dbuf = st["g"], st["d"]
-        if not self.batch_size or self.batch_size >= obj.nnz:
+        batch_size = auto_batch_size(obj.nnz) if self.batch_size == "auto" else self.batch_size
+        if not batch_size or batch_size >= obj.nnz:
             obj.loss_grad(y, g)
             if self.needs_diag:
                 obj.gn_diag(y, dbuf)
@@ -156,8 +176,8 @@ class AdaptiveMoments(Optimizer):
             return {"steps": 1}
         order = obj.backend.permutation(st["rng"], obj.nnz)
         steps = 0
-        for start in range(0, obj.nnz, self.batch_size):
-            batch = order[start : start + self.batch_size]
+        for start in range(0, obj.nnz, batch_size):
+            batch = order[start : start + batch_size]
             obj.batch_grad(y, batch, g, dbuf)
             self._apply(obj, y, g, self.source(obj, y, g, dbuf))
             steps += 1
@@ -171,7 +191,7 @@ class Adam(AdaptiveMoments):
     name = "adam"
 
     def __init__(self, lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-                 batch_size: int | None = 8192, seed: int = 0):
+                 batch_size: int | str | None = "auto", seed: int = 0):
         super().__init__(lr, beta1, beta2, eps, batch_size, seed)
 
 
@@ -181,15 +201,16 @@ class AdaGO(AdaptiveMoments):
 
     d = diag(G) + damping, with diag(G) = diag(J^T J) + the regularizer's diagonal
     (METHODS.md section 3); everything else is Adam's update.  The defaults
-    (mini-batches of 8192 entries, lr 0.02, damping 30) were chosen on a validation
-    split of ML-1M; full batch (``batch_size=0``) needs a larger lr (~0.3).
+    (lr 0.02, damping 30) were chosen on a validation split of ML-1M with mini-batches
+    of 8192 entries (what ``batch_size="auto"`` gives there); full batch (``batch_size=0``)
+    needs a larger lr (~0.3).
     """
 
     name = "adago"
     needs_diag = True
 
     def __init__(self, lr: float = 0.02, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-                 damping: float = 30.0, batch_size: int | None = 8192, seed: int = 0):
+                 damping: float = 30.0, batch_size: int | str | None = "auto", seed: int = 0):
         super().__init__(lr, beta1, beta2, eps, batch_size, seed)
         self.damping = positive("damping", damping)
 
