@@ -215,3 +215,22 @@ def test_minibatch_sgd_without_the_fused_kernel_tracks_the_fused_epoch():
         runs.append(losses)
     assert runs[1][-1] < 0.9 * runs[1][0]
     assert runs[1][-1] == pytest.approx(runs[0][-1], rel=0.02)
+
+
+def test_time_budget_stops_before_an_epoch_would_overrun():
+    import time
+
+    from lfopt.train.trainer import Trainer
+
+    class Slow(SGD):
+        def epoch(self, obj, y, epoch):
+            time.sleep(0.1)
+            return super().epoch(obj, y, epoch)
+
+    obj = LFObjective(synthetic(n_users=50, n_items=40, nnz=600, seed=1), rank=2, lam=0.05)
+    y = obj.init_params(0.1, seed=0)
+    res = Trainer(epochs=50, patience=None, verbose=False, time_budget=0.35).run(obj, Slow(lr=0.01), y)
+    assert res.stopped == "time_budget"
+    assert 1 <= len(res.history) <= 4
+    with pytest.raises(lfopt.ConfigError, match="time_budget"):
+        Trainer(time_budget=0)

@@ -38,7 +38,7 @@ class TrainResult:
     metric: str = ""
     best_epoch: int = 0
     best_value: float = math.nan
-    stopped: str = "max_epochs"  # max_epochs | early_stop | diverged
+    stopped: str = "max_epochs"  # max_epochs | early_stop | diverged | time_budget
     message: str = ""
     seconds: float = 0.0
 
@@ -60,12 +60,14 @@ class Trainer:
     good parameters kept (``TrainResult.stopped == "diverged"``).
     ``callback(y, row)`` runs after every epoch with the epoch's history row
     (which it may extend); the estimators wrap it as ``callback(model, row)``.
+    ``time_budget`` (seconds, None: none) stops training before an epoch that would
+    end past the budget, judged by the longest epoch so far (evaluation included).
     """
 
     def __init__(self, epochs: int = 40, patience: int | None = 5, min_delta: float = 1e-4,
                  verbose: bool = True, divergence_factor: float = 1e3, stream=None,
                  callback: Callable | None = None, metric: str = "rmse", higher_is_better: bool | None = None,
-                 label: str = ""):
+                 label: str = "", time_budget: float | None = None):
         if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
             raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
         if patience is not None and (isinstance(patience, bool) or int(patience) != patience or patience < 1):
@@ -80,6 +82,10 @@ class Trainer:
         self.metric = str(metric).lower()
         self.higher = metric_direction(self.metric) if higher_is_better is None else bool(higher_is_better)
         self.label = label
+        if time_budget is not None and (isinstance(time_budget, bool) or not isinstance(time_budget, numbers.Real)
+                                        or not time_budget > 0):
+            raise ConfigError(f"time_budget must be a number of seconds > 0, got {time_budget!r}")
+        self.time_budget = None if time_budget is None else float(time_budget)
 
     def _say(self, text: str) -> None:
         if self.verbose:
@@ -114,7 +120,13 @@ class Trainer:
                   f"training entries, {objective.size} parameters, backend {bk.name}"
                   + (f" ({bk.device})" if bk.device != "cpu" else ""))
         start_all = time.perf_counter()
+        longest = 0.0
         for epoch in range(1, self.epochs + 1):
+            if self.time_budget is not None and epoch > 1 and \
+                    time.perf_counter() - start_all + longest > self.time_budget:
+                res.stopped = "time_budget"
+                self._say(f"time budget of {self.time_budget:g} s reached after {epoch - 1} epochs")
+                break
             t0 = time.perf_counter()
             info = optimizer.epoch(objective, y, epoch) or {}
             step_seconds = time.perf_counter() - t0
@@ -160,6 +172,7 @@ class Trainer:
                 self.callback(y, row)
             res.history.append(row)
             self._say(_progress_line(row, self.metric))
+            longest = max(longest, time.perf_counter() - t0)
             if self.patience is not None and evaluate is not None and since_best >= self.patience:
                 res.stopped = "early_stop"
                 break
