@@ -217,7 +217,7 @@ def test_legacy_files_still_load(tmp_path):
     data = lfopt.synthetic(n_users=60, n_items=40, nnz=900, seed=11)
     train, test = lfopt.random_split(data, 0.1, seed=0)
     old = lfopt.load(HERE / "data" / "legacy_v1_lf.npz")  # written by lfopt 0.1.0's LatentFactorModel.save
-    ref = LatentFactorModel(rank=3, optimizer="als", epochs=3, lam=0.05).fit(train)
+    ref = LatentFactorModel(rank=3, optimizer="als", epochs=3, lam=0.05, validation=None, standardize=False).fit(train)
     pairs = (test.user_ids[test.users], test.item_ids[test.items])
     np.testing.assert_allclose(old.predict(*pairs), ref.predict(*pairs), rtol=1e-5)
     with pytest.warns(UserWarning, match="no seen items"):
@@ -263,3 +263,25 @@ def test_trainer_higher_is_better_restores_best_and_extra_state(ml_split):
     # Lambda restored with the best parameters: the trajectory's entry of the best epoch
     best_row = model.lambda_trajectory_[model.best_epoch_ - 1]
     assert float(np.mean(model.lambda_arrays()[0])) == pytest.approx(best_row["user"]["mean"], rel=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "als", "adam"])
+def test_defaults_follow_the_rating_scale(optimizer):
+    """Standardized fitting: a x20 copy of the ratings gives the same model in x20 units."""
+    data = lfopt.synthetic(n_users=150, n_items=120, nnz=5000, seed=3)
+    train, test = lfopt.random_split(data, 0.1, seed=0)
+    big_train, big_test = (d.with_values(d.values * 20.0) for d in (train, test))
+    kw = dict(rank=4, optimizer=optimizer, epochs=8, lam=0.05)
+    small = LatentFactorModel(**kw).fit(train)
+    big = LatentFactorModel(**kw).fit(big_train)
+    assert small.scale_ == pytest.approx(big.scale_ / 20, rel=1e-5)
+    assert big.evaluate(big_test)["rmse"] / 20 == pytest.approx(small.evaluate(test)["rmse"], rel=0.01)
+    assert small.n_valid_ == 450 and len(small.history_[0]) and "valid_rmse" in small.history_[0]
+
+
+def test_validation_none_trains_on_everything():
+    data = lfopt.synthetic(n_users=60, n_items=50, nnz=1500, seed=3)
+    model = LatentFactorModel(rank=3, epochs=3, validation=None).fit(data)
+    assert model.n_train_ == 1500 and model.n_valid_ == 0 and "valid_rmse" not in model.history_[-1]
+    with pytest.raises(lfopt.ConfigError, match="validation"):
+        LatentFactorModel(validation=1.5)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-from ..data.split import random_split
 from ..errors import DivergenceError
 from ..estimators import LatentFactorModel
 from ..optim.base import make_optimizer
@@ -38,7 +37,7 @@ def add_model_options(p) -> None:
     g.add_argument("--lambda-bias", dest="lam_b", type=float, default=None, help="L2 of the biases (default: --lambda)")
     g.add_argument("--no-bias", action="store_true", help="the plain model r = p.q (no mean and biases)")
     g.add_argument("--init-scale", type=float, default=0.1, help="initial factor scale (default: 0.1)")
-    g.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (needs --valid-fraction)")
+    g.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (default: 5)")
     for flag, dest, typ, text in OPTIMIZER_FLAGS:
         g.add_argument(flag, dest=dest, type=typ, default=None, help=text)
     g.add_argument("--precondition", choices=("block", "jacobi", "none"), default=None,
@@ -56,8 +55,9 @@ def add_parser(sub):
     add_data_options(p)
     g = p.add_argument_group("split")
     g.add_argument("--test-fraction", type=float, default=0.1, help="held-out test fraction (default: 0.1)")
-    g.add_argument("--valid-fraction", type=float, default=0.0,
-                   help="fraction of the training part held out for early stopping (default: 0, no early stop)")
+    g.add_argument("--valid-fraction", type=float, default=0.1,
+                   help="fraction of the training part held out for early stopping (default: 0.1; 0 trains on the "
+                   "whole training part with no early stopping)")
     g.add_argument("--seed", type=int, default=42, help="seed of the split, initialization and optimizer (default: 42)")
     add_model_options(p)
     add_output_options(p)
@@ -82,7 +82,8 @@ def build_model(args, rank: int) -> LatentFactorModel:
     lam = args.lam if args.lam is not None else default_lambda(args.optimizer)
     return LatentFactorModel(rank=rank, optimizer=args.optimizer, epochs=args.epochs, lam=lam, lam_b=args.lam_b,
                              use_bias=not args.no_bias, init_scale=args.init_scale, seed=args.seed,
-                             patience=args.patience, verbose=not args.quiet, backend=args.backend,
+                             patience=args.patience, validation=args.valid_fraction or None,
+                             verbose=not args.quiet, backend=args.backend,
                              device=args.device, **optimizer_options(args))
 
 
@@ -95,12 +96,8 @@ def run(args) -> int:
     model = build_model(args, rank)
     say(args, f"data: {data!r}")
     train, test = split_dataset(data, args.test_fraction, args.seed)
-    valid = None
-    if args.valid_fraction > 0:
-        inner_train, valid = random_split(train, args.valid_fraction, args.seed + 1)
-        train = inner_train
     t0 = time.perf_counter()
-    model.fit(train, valid)
+    model.fit(train)
     seconds = time.perf_counter() - t0
     res = model.train_result_
     if res.stopped == "diverged":
@@ -109,7 +106,7 @@ def run(args) -> int:
     summary = {
         "data": args.data or "synthetic",
         "n_users": data.n_users, "n_items": data.n_items, "n_ratings": data.nnz,
-        "n_train": train.nnz, "n_valid": 0 if valid is None else valid.nnz, "n_test": test.nnz,
+        "n_train": model.n_train_, "n_valid": model.n_valid_, "n_test": test.nnz,
         "test_rmse": scores["rmse"], "test_mae": scores["mae"], "n_test_unseen": scores["n_unseen"],
         "epochs": len(res.history), "best_epoch": res.best_epoch or len(res.history), "stopped": res.stopped,
         "train_seconds": seconds, "seconds_per_epoch": seconds / max(1, len(res.history)),

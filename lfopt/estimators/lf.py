@@ -12,8 +12,7 @@ from ..eval.metrics import rating_metrics
 from .base import Recommender, register_model
 
 _FIXED = ("rank", "optimizer", "epochs", "lam", "lam_b", "lam0", "lam0_b", "use_bias", "init_scale", "seed",
-          "patience", "verbose",
-          "backend", "device")
+          "patience", "validation", "standardize", "verbose", "backend", "device")
 
 
 @register_model("latent_factor")
@@ -38,6 +37,12 @@ class LatentFactorModel(Recommender):
         the zero saddle, in which case a larger init_scale helps.
     seed : seeds the initialization and the optimizer's randomness.
     patience : early stopping on the validation RMSE (None: no early stopping).
+    validation : when ``fit`` gets no ``valid``, this fraction of the training data
+        (drawn with ``seed + 1``) is held out to stop early (and to learn the
+        regularization); None or 0 trains on everything with no early stopping.
+    standardize : fit on ratings divided by their standard deviation, so that
+        ``lam``, ``lam0``, ``lr`` and ``init_scale`` mean the same on a 1..5 and a
+        1..100 scale (the fitted parameters are returned in rating units).
     verbose : print one progress line per epoch (to stderr).
     backend, device : ``"numba"`` (CPU, the default) or ``"torch"`` with
         ``device="cpu"`` or ``"cuda"``; every optimizer runs on either.
@@ -66,9 +71,9 @@ class LatentFactorModel(Recommender):
 
     def __init__(self, rank: int = 10, optimizer: str = "sgd", epochs: int = 40, lam: float = 0.02,
                  lam_b: float | None = None, lam0: float = 0.0, lam0_b: float | None = None, use_bias: bool = True,
-                 init_scale: float = 0.1, seed: int = 0,
-                 patience: int | None = 5, verbose: bool = False, backend: str = "numba", device: str | None = None,
-                 **optimizer_options):
+                 init_scale: float = 0.1, seed: int = 0, patience: int | None = 5,
+                 validation: float | None = 0.1, standardize: bool = True, verbose: bool = False,
+                 backend: str = "numba", device: str | None = None, **optimizer_options):
         self.rank = rank
         self.optimizer = optimizer
         self.epochs = epochs
@@ -80,6 +85,8 @@ class LatentFactorModel(Recommender):
         self.init_scale = init_scale
         self.seed = seed
         self.patience = patience
+        self.validation = validation
+        self.standardize = standardize
         self.verbose = verbose
         self.backend = backend
         self.device = device
@@ -95,6 +102,10 @@ class LatentFactorModel(Recommender):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer))
                                   or not np.isfinite(v) or v < 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
+        v = self.validation
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer))
+                              or not 0.0 <= v < 1.0):
+            raise ConfigError(f"validation must be a fraction in [0, 1) or None, got {v!r}")
         if not isinstance(self.init_scale, (int, float, np.floating)) or not np.isfinite(self.init_scale) \
                 or self.init_scale <= 0:
             raise ConfigError(f"init_scale must be > 0, got {self.init_scale!r}")
@@ -121,40 +132,54 @@ class LatentFactorModel(Recommender):
                            device=self.device)
 
     def _fit(self, train: Interactions, valid: Interactions | None, callback):
+        from ..data.split import random_split
         from ..optim.base import make_optimizer
         from ..train.trainer import Trainer
 
         self._check_params()
-        obj = self._make_objective(train)
+        if valid is None and self.validation:
+            if train.nnz * float(self.validation) < 10:
+                warnings.warn(f"{train.nnz} training entries are too few to hold out validation={self.validation} "
+                              f"(fewer than 10 entries): training on all of them with no early stopping",
+                              UserWarning, stacklevel=3)
+            else:
+                train, valid = random_split(train, float(self.validation), seed=int(self.seed) + 1)
+        scale = self._data_scale(train)
+        self.scale_ = scale
+        fit_train = train if scale == 1.0 else train.with_values(train.values / scale)
+        fit_valid = valid if (valid is None or scale == 1.0) else valid.with_values(valid.values / scale)
+        obj = self._make_objective(fit_train)
         opt = make_optimizer(self.optimizer, seed=self.seed, **self.optimizer_options)
         bk = obj.backend
         y = obj.init_params(self.init_scale, self.seed)
         self.objective_ = obj
         self._set_index_state(train, valid)
         self.layout_ = obj.layout
-        self.mu_ = float(obj.mu)
+        self.mu_ = float(obj.mu) * scale
         self.global_mean_ = float(train.values.mean())
         self.rating_range_ = (float(train.values.min()), float(train.values.max()))
-        self.params_ = bk.to_numpy(y)
+        self.params_ = self._to_raw(bk.to_numpy(y))
+        self.n_train_ = train.nnz
+        self.n_valid_ = 0 if valid is None else valid.nnz
         evaluate = None
         if valid is not None:
             rows, cols, truth = valid.users, valid.items, valid.values
 
             def evaluate(params):
-                self.params_ = bk.to_numpy(params)
+                self.params_ = self._to_raw(bk.to_numpy(params))
                 return self._score_indices(rows, cols, truth)
 
         hook = None
         if callback is not None:
 
             def hook(params, row):
-                self.params_ = bk.to_numpy(params)
+                self.params_ = self._to_raw(bk.to_numpy(params))
                 callback(self, row)
 
         trainer = Trainer(self.epochs, self.patience if valid is not None else None, verbose=self.verbose,
                           callback=hook, metric="rmse", label=f"latent factor model (rank {self.rank})")
         result = trainer.run(obj, opt, y, evaluate)
-        self.params_ = np.array(bk.to_numpy(y), dtype=np.float32, copy=True) if bk.name != "numba" else y
+        self.params_ = self._to_raw(bk.to_numpy(y))
         self.history_ = result.history
         self.train_result_ = result
         self.optimizer_ = opt
@@ -162,6 +187,26 @@ class LatentFactorModel(Recommender):
         self.best_epoch_ = result.best_epoch or len(result.history)
         if result.stopped == "diverged":
             warnings.warn(result.message, RuntimeWarning, stacklevel=3)
+
+    def _data_scale(self, train: Interactions) -> float:
+        """The unit the objective sees ratings in: their standard deviation (``standardize``), else 1."""
+        if not self.standardize:
+            return 1.0
+        sd = float(np.std(train.values, dtype=np.float64))
+        return sd if np.isfinite(sd) and sd > 1e-8 else 1.0
+
+    def _to_raw(self, params) -> np.ndarray:
+        """Parameters fitted on ratings / scale, in rating units: biases x scale, factors x sqrt(scale)
+        (so p . q scales by ``scale``).  Always a float32 copy."""
+        out = np.array(params, dtype=np.float32, copy=True)
+        scale = getattr(self, "scale_", 1.0)
+        if scale != 1.0:
+            bu, bi, P, Q = self.layout_.unpack(out)
+            bu *= scale
+            bi *= scale
+            P *= np.float32(np.sqrt(scale))
+            Q *= np.float32(np.sqrt(scale))
+        return out
 
     # --------------------------------------------------------------- factors
     def factors(self):
