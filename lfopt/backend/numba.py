@@ -2,10 +2,40 @@
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import numpy as np
 
 from ..kernels import lf as K
 from ..kernels import vector as V
+
+
+#: bytes the block preconditioner may allocate (both sides' factors and a copy of the factors);
+#: None: half the memory available when the blocks are built (see :func:`block_budget_bytes`)
+MAX_BLOCK_BYTES: int | None = None
+
+
+def block_budget_bytes() -> int:
+    """The block preconditioner's memory budget: :data:`MAX_BLOCK_BYTES`, or half of the
+    available memory (``MemAvailable`` of /proc/meminfo, else ``os.sysconf`` free pages)."""
+    if MAX_BLOCK_BYTES is not None:
+        return int(MAX_BLOCK_BYTES)
+    avail = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = 8 << 30
+    return int(avail // 2)
 
 
 class NumbaBackend:
@@ -93,7 +123,9 @@ class NumbaLFKernels:
 
     Parameters come as 4-tuples ``(bu, bi, P, Q)`` of float32 arrays, row weights as
     ``(wu, wi, wbu, wbi)`` (per-visit coefficients for ``sgd_epoch``/``batch_grad``);
-    the interface is described in :mod:`lfopt.backend`.
+    the interface is described in :mod:`lfopt.backend`.  The factor weights ``wu``/``wi``
+    (and ``vu``/``vi``) may be per row, shape (m,) / (n,), or per (row, dimension),
+    shape (m, f) / (n, f); bias weights are per row.
     """
 
     has_sgd_epoch = True
@@ -120,7 +152,9 @@ class NumbaLFKernels:
         """``(vu, vi, vbu, vbi, uniform)`` for the per-entry kernels: when every row that has
         entries has the same coefficients (the count-weighted L2), length-1 arrays and
         ``uniform=True`` (saves four scattered loads per visit); else ``v`` itself.
-        Cached for the last ``v`` seen (objectives pass the same tuple every call)."""
+        Per-(row, dimension) coefficients ``vu`` (m, f) / ``vi`` (n, f) that are the same for
+        every visited row become one (1, f) row (one (1, 1) value when all its entries are
+        equal).  Cached for the last ``v`` seen (objectives pass the same tuple every call)."""
         if self._visits[0] is not v:
             vu, vi, vbu, vbi = v
             uniform = True
@@ -131,7 +165,13 @@ class NumbaLFKernels:
                 if len(vals) and not np.all(vals == vals[0]):
                     uniform = False
                     break
-                one.append(np.full(1, vals[0] if len(vals) else 0.0, dtype=np.float32))
+                if a.ndim == 2:
+                    row = vals[0] if len(vals) else np.zeros(a.shape[1], dtype=np.float32)
+                    if np.all(row == row[0]):
+                        row = row[:1]
+                    one.append(np.ascontiguousarray(row[None, :], dtype=np.float32))
+                else:
+                    one.append(np.full(1, vals[0] if len(vals) else 0.0, dtype=np.float32))
             self._visits = (v, (*one, True) if uniform else (vu, vi, vbu, vbi, False))
         return self._visits[1]
 
@@ -185,23 +225,76 @@ class NumbaLFKernels:
         return tuple(float(x) for x in sums)
 
     def gn_blocks(self, params, w, shift: float, diag_scale: float):
+        """Factor the per-row blocks of (J^T J + W) * diag_scale (diagonal) + shift I; returns a
+        handle for :meth:`block_solve`.
+
+        Float32 packed Cholesky factors, and for rows with fewer entries than g = f (+1) the
+        factor of their n_u x n_u dual (Woodbury), so the blocks take sum_u min(n_u, g)^2 / 2
+        floats instead of (m + n) g^2.  When even that exceeds :func:`block_budget_bytes`,
+        warns once and returns the Gauss-Newton diagonal (Jacobi) instead.
+        """
         _, _, P, Q = params
         wu, wi, wbu, wbi = w
         f = P.shape[1]
         g = f + 1 if self.use_bias else f
-        user_blocks = np.empty((self.m, g, g), dtype=np.float64)
-        item_blocks = np.empty((self.n, g, g), dtype=np.float64)
         sh, sc = np.float64(shift), np.float64(diag_scale)
-        K.side_gn_blocks(self.csr.indptr, self.csr.indices, Q, wu, wbu, self.use_bias, sh, sc, user_blocks)
-        K.side_gn_blocks(self.csc.indptr, self.csc.indices, P, wi, wbi, self.use_bias, sh, sc, item_blocks)
-        return user_blocks, item_blocks
+        sides = []
+        need = 0
+        for view, Y, wX, wB in ((self.csr, Q, wu, wbu), (self.csc, P, wi, wbi)):
+            rows = len(view.indptr) - 1
+            counts = np.diff(view.indptr)
+            # the dual form needs a positive diagonal part D = (s - 1) colsq + s w + shift
+            ok = np.full(rows, sc >= 1.0)
+            if sc >= 1.0:
+                ok &= np.all(sc * np.asarray(wX, dtype=np.float64).reshape(rows, -1) + sh > 0, axis=1)
+                if self.use_bias:
+                    ok &= sc * np.asarray(wB, dtype=np.float64) + sh > 0
+            offsets, dual, n_floats = K.gn_block_layout(counts, g, ok)
+            snapshot = bool(dual.any())
+            need += 4 * n_floats + offsets.nbytes + dual.nbytes + (Y.nbytes if snapshot else 0)
+            sides.append((view, Y, wX, wB, offsets, dual, n_floats, snapshot))
+        budget = block_budget_bytes()
+        handle = None
+        if need <= budget:
+            try:
+                built = []
+                for view, Y, wX, wB, offsets, dual, n_floats, snapshot in sides:
+                    store = np.empty(n_floats, dtype=np.float32)
+                    # the dual rows are applied from the other side's factors: keep a copy
+                    Ys = Y.copy() if snapshot else Y[:0]
+                    built.append((view, Y, Ys, offsets, dual, store, wX, wB))
+                with K.single_threaded_blas() as blas:
+                    for view, Y, Ys, offsets, dual, store, wX, wB in built:
+                        K.side_gn_blocks(view.indptr, view.indices, Y, wX, wB, self.use_bias, sh, sc, offsets, dual,
+                                         store, blas)
+                handle = ("blocks", [(view, Ys, offsets, dual, store) for view, _, Ys, offsets, dual, store, _, _
+                                     in built])
+            except MemoryError:
+                handle = None
+        if handle is None:
+            warnings.warn(f"block preconditioner: the per-row blocks need {need / 2**30:.2f} GiB, more than the "
+                          f"budget {budget / 2**30:.2f} GiB (lfopt.backend.numba.MAX_BLOCK_BYTES); using the "
+                          f"Gauss-Newton diagonal (Jacobi) instead", RuntimeWarning, stacklevel=3)
+            diag = [np.empty_like(a) for a in (params[0], params[1], P, Q)]
+            self.gn_diag(params, w, diag)
+            for a in diag:
+                a *= np.float32(sc)
+                a += np.float32(sh)
+                a[~(a > 0)] = 1.0  # rows without entries and weight: their residual is 0
+            handle = ("jacobi", diag)
+        return handle
 
     def block_solve(self, handle, r, out) -> None:
-        user_blocks, item_blocks = handle
+        kind, data = handle
         rbu, rbi, RP, RQ = r
         obu, obi, OP, OQ = out
-        K.side_block_solve(user_blocks, RP, rbu, self.use_bias, OP, obu)
-        K.side_block_solve(item_blocks, RQ, rbi, self.use_bias, OQ, obi)
+        if kind == "jacobi":
+            for a, d, o in zip(r, data, out):
+                np.divide(a, d, out=o)
+            return
+        for (view, Ys, offsets, dual, store), RX, rb, OX, ob in zip(data, (RP, RQ), (rbu, rbi), (OP, OQ),
+                                                                     (obu, obi)):
+            K.side_block_solve(view.indptr, view.indices, Ys, self.use_bias, offsets, dual, store, RX, rb, OX, ob)
 
     # ---------------------------------------------------------- per-entry oracles
     def _sgd_layout(self):
@@ -261,8 +354,9 @@ class NumbaLFKernels:
         wu, wi, wbu, wbi = w
         csr, csc = self.csr, self.csc
         mu = np.float32(mu)
-        K.als_side(csr.indptr, csr.indices, csr.data, mu, bi, Q, wu, wbu, self.use_bias, P, bu)
-        K.als_side(csc.indptr, csc.indices, csc.data, mu, bu, P, wi, wbi, self.use_bias, Q, bi)
+        with K.single_threaded_blas() as blas:
+            K.als_side(csr.indptr, csr.indices, csr.data, mu, bi, Q, wu, wbu, self.use_bias, P, bu, blas)
+            K.als_side(csc.indptr, csc.indices, csc.data, mu, bu, P, wi, wbi, self.use_bias, Q, bi, blas)
 
     def predict(self, mu, params, rows, cols) -> np.ndarray:
         bu, bi, P, Q = params

@@ -658,19 +658,25 @@ class TorchLFKernels:
         return torch.cat([X, torch.ones((X.shape[0], 1), dtype=X.dtype, device=X.device)], 1)
 
     def _weights(self, w):
-        """Row weights as float32 tensors of shapes (m,), (n,), (m,), (n,) (biases (0,) without them)."""
+        """Weights as float32 tensors: the factor weights of shapes (m, 1) / (n, 1) (per row) or
+        (m, f) / (n, f) (per row and dimension), the bias weights (m,) / (n,) ((0,) without
+        biases); numbers give one weight for every row."""
         out = []
-        for x, rows in zip(w, (self.m, self.n, self.m, self.n)):
-            if isinstance(x, torch.Tensor) and x.dim() == 1 and x.numel() == rows:
-                out.append(x.to(device=self.device, dtype=_F32))
-            elif np.ndim(x) == 0 or (isinstance(x, torch.Tensor) and x.numel() == 1):
-                out.append(torch.full((rows,), float(x), dtype=_F32, device=self.device))
+        for j, (x, rows) in enumerate(zip(w, (self.m, self.n, self.m, self.n))):
+            factor = j < 2
+            if np.ndim(x) == 0 or (isinstance(x, torch.Tensor) and x.numel() == 1 and rows != 1):
+                t = torch.full((rows,), float(x), dtype=_F32, device=self.device)
             else:
-                arr = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-                if not self.use_bias and arr.numel() == 0:
-                    out.append(arr.to(device=self.device, dtype=_F32))
+                t = (x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))).to(
+                    device=self.device, dtype=_F32)
+                if not factor and not self.use_bias and t.numel() == 0:
+                    out.append(t)
                     continue
-                out.append(arr.to(device=self.device, dtype=_F32).reshape(rows))
+                if not (factor and t.dim() == 2 and t.shape[0] == rows):
+                    t = t.reshape(rows)
+            if factor and t.dim() == 1:
+                t = t[:, None]
+            out.append(t)
         return tuple(out)
 
     def _sides(self, vals, params, out, w, X_self, scale=1.0):
@@ -686,8 +692,8 @@ class TorchLFKernels:
         if scale != 1.0:
             Gu.mul_(scale)
             Gi.mul_(scale)
-        OP.copy_(Gu[:, :f]).addcmul_(wu[:, None], XP)
-        OQ.copy_(Gi[:, :f]).addcmul_(wi[:, None], XQ)
+        OP.copy_(Gu[:, :f]).addcmul_(wu, XP)
+        OQ.copy_(Gi[:, :f]).addcmul_(wi, XQ)
         if self.use_bias:
             obu.copy_(Gu[:, f]).addcmul_(wbu, xbu)
             obi.copy_(Gi[:, f]).addcmul_(wbi, xbi)
@@ -718,8 +724,8 @@ class TorchLFKernels:
         obu, obi, OP, OQ = out
         wu, wi, wbu, wbi = self._weights(w)
         ones = torch.ones(self.nnz, dtype=_F32, device=self.device)
-        OP.copy_(self._U(ones) @ (Q * Q)).add_(wu[:, None])
-        OQ.copy_(self._side_sparse("i", ones) @ (P * P)).add_(wi[:, None])
+        OP.copy_(self._U(ones) @ (Q * Q)).add_(wu)
+        OQ.copy_(self._side_sparse("i", ones) @ (P * P)).add_(wi)
         if self.use_bias:
             torch.add(self.cnt_u, wbu, out=obu)
             torch.add(self.cnt_i, wbi, out=obi)
@@ -762,7 +768,7 @@ class TorchLFKernels:
         sc = float(np.float32(scale))
         se = sc * e
         gbu, gbi, gP, gQ = grad
-        cu, ci = vu[u][:, None], vi[i][:, None]
+        cu, ci = vu[u], vi[i]  # (B, 1) or (B, f)
         gP.index_add_(0, u, sc * (cu * pu) - se[:, None] * qi)
         gQ.index_add_(0, i, sc * (ci * qi) - se[:, None] * pu)
         if self.use_bias:
@@ -833,7 +839,7 @@ class TorchLFKernels:
         d = A.diagonal(dim1=-2, dim2=-1)
         g = A.shape[-1]
         fdim = g - 1 if self.use_bias else g
-        d[:, :fdim] += wX.to(_F64)[:, None]
+        d[:, :fdim] += wX.to(_F64)  # (rows, 1) or (rows, f)
         if self.use_bias:
             d[:, fdim] += wb.to(_F64)
         if diag_scale != 1.0:
@@ -841,24 +847,56 @@ class TorchLFKernels:
         if shift != 0.0:
             d.add_(shift)
 
+    def _block_budget(self) -> int:
+        """Bytes the block preconditioner may take: ``lfopt.backend.numba.MAX_BLOCK_BYTES`` when
+        set, else half the free memory (of the GPU on CUDA)."""
+        from . import numba as nb
+
+        if nb.MAX_BLOCK_BYTES is None and self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return int(free // 2)
+        return nb.block_budget_bytes()
+
     def gn_blocks(self, params, w, shift=0.0, diag_scale=1.0):
         """Cholesky factors of the per-row blocks of the GN matrix (ALS normal matrices): for
-        user u, sum_i z z^T + diag(wu[u], ..., wbu[u]), diagonal times ``diag_scale``, plus
+        user u, sum_i z z^T + diag(wu[u, :], wbu[u]), diagonal times ``diag_scale``, plus
         ``shift``; z = (q_i, 1).  Returns a handle for :meth:`block_solve` (the blocks'
-        inverses, float64)."""
+        inverses, float64, built a chunk of rows at a time).  When they would take more than
+        the budget (:meth:`_block_budget`), warns and returns the Gauss-Newton diagonal
+        (Jacobi) instead."""
         bu, bi, P, Q = params
         wu, wi, wbu, wbi = self._weights(w)
+        g = P.shape[1] + (1 if self.use_bias else 0)
+        need = (self.m + self.n) * g * g * 8 + 4 * self.backend.chunk_floats * 8
+        budget = self._block_budget()
+        if need > budget:
+            warnings.warn(f"block preconditioner: the per-row blocks need {need / 2**30:.2f} GiB, more than the "
+                          f"budget {budget / 2**30:.2f} GiB (lfopt.backend.numba.MAX_BLOCK_BYTES); using the "
+                          f"Gauss-Newton diagonal (Jacobi) instead", RuntimeWarning, stacklevel=3)
+            diag = [torch.empty_like(a) for a in params]
+            self.gn_diag(params, w, diag)
+            for a in diag:
+                a.mul_(float(np.float32(diag_scale))).add_(float(np.float32(shift)))
+                a[~(a > 0)] = 1.0  # rows without entries and weight: their residual is 0
+            return ("jacobi", diag)
         handle = []
         for side, Y, wX, wb, rows in (("u", Q, wu, wbu, self.m), ("i", P, wi, wbi, self.n)):
-            A = self._grams(side, Y, 0, rows)
-            self._add_diag(A, wX, wb, float(diag_scale), float(shift))
-            # the explicit inverse (from the Cholesky factor): every solve is then one batched
-            # product instead of thousands of small triangular solves (4x faster on the CPU)
-            handle.append(torch.cholesky_inverse(self._cholesky(A)))
+            inv = torch.empty((rows, g, g), dtype=_F64, device=self.device)
+            for r0, r1 in self._row_chunks(rows, g):
+                A = self._grams(side, Y, r0, r1)
+                self._add_diag(A, wX[r0:r1], wb[r0:r1] if self.use_bias else wb, float(diag_scale), float(shift))
+                # the explicit inverse (from the Cholesky factor): every solve is then one batched
+                # product instead of thousands of small triangular solves (4x faster on the CPU)
+                inv[r0:r1] = torch.cholesky_inverse(self._cholesky(A))
+            handle.append(inv)
         return tuple(handle)
 
     def block_solve(self, handle, r, out):
         """out <- M^-1 r, M the block diagonal factored by :meth:`gn_blocks` (both sides)."""
+        if isinstance(handle[0], str):  # ("jacobi", diagonal)
+            for a, d, o in zip(r, handle[1], out):
+                torch.div(a, d, out=o)
+            return out
         Mu, Mi = handle
         rbu, rbi, RP, RQ = r
         obu, obi, OP, OQ = out
@@ -896,7 +934,11 @@ class TorchLFKernels:
         rhs_all = self._side_sparse(side, target.to(_F64)) @ Z64
         for r0, r1 in self._row_chunks(rows, g):
             A = self._grams(side, Y, r0, r1)
-            self._add_diag(A, wX[r0:r1], wb[r0:r1] if self.use_bias else wb)
+            wr = wX[r0:r1]
+            # a zero factor weight is solved with 1e-6 n_u (as the numba kernel): the normal
+            # matrix of a row with fewer entries than f is singular without it
+            wr = torch.where(wr == 0, 1e-6 * cnt[r0:r1, None], wr)
+            self._add_diag(A, wr, wb[r0:r1] if self.use_bias else wb)
             L = self._cholesky(A)
             sol = torch.cholesky_solve(rhs_all[r0:r1, :, None], L)[:, :, 0]
             sol = torch.where((cnt[r0:r1] > 0)[:, None], sol, torch.zeros_like(sol))

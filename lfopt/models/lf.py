@@ -99,23 +99,41 @@ class LFObjective(Objective):
 
     # ---------------------------------------------------------------- weights
     def set_row_weights(self, wu, wi, wbu, wbi, visits=None) -> None:
-        """Install per-row L2 weights (numpy, lengths m, n, m, n): the kernels' ``w``, the
-        per-visit coefficients of SGD and mini-batches (``visits``, default ``w / n``;
-        0 for rows without entries, which are never visited) and the flat diagonal W of
-        the penalty."""
-        ws = [np.ascontiguousarray(a, dtype=np.float32) for a in (wu, wi, wbu, wbi)]
-        for a, k, nm in zip(ws, (self.m, self.n, self.m, self.n), ("wu", "wi", "wbu", "wbi")):
-            if a.shape != (k,):
-                raise ValueError(f"row weights {nm} have shape {a.shape}, expected ({k},)")
+        """Install L2 weights: the kernels' ``w``, the per-visit coefficients of SGD and
+        mini-batches (``visits``, default ``w / n``; 0 for rows without entries, which are
+        never visited) and the flat diagonal W of the penalty.
+
+        ``wu`` is (m,) -- one coefficient per user row -- or (m, f) -- one per (user,
+        dimension), the penalty then 1/2 sum_{u,d} wu[u, d] p_{u,d}^2; ``wi`` likewise (n,)
+        or (n, f); the bias weights ``wbu``/``wbi`` are (m,)/(n,).  ``visits = (vu, vi, vbu,
+        vbi)`` has the same shapes (each factor array independently 1-D or 2-D).  Numpy
+        arrays (or anything ``np.asarray`` takes); stored as float32.
+        """
+        m, n, f = self.m, self.n, self.f
         cu, ci = self._counts
+
+        def check(arrays, what):
+            out = [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
+            for a, k, nm, per_dim in zip(out, (m, n, m, n), ("u", "i", "bu", "bi"), (True, True, False, False)):
+                ok = a.shape == (k,) or (per_dim and a.shape == (k, f))
+                if not ok:
+                    want = f"({k},) or ({k}, {f})" if per_dim else f"({k},)"
+                    raise ConfigError(f"{what} {what[0]}{nm} has shape {a.shape}, expected {want}")
+            return out
+
+        ws = check((wu, wi, wbu, wbi), "weights")
         if visits is None:
-            visits = [(a.astype(np.float64) / np.maximum(c, 1)).astype(np.float32)
-                      for a, c in zip(ws, (cu, ci, cu, ci))]
-        visits = [np.ascontiguousarray(a, dtype=np.float32) for a in visits]
+            visits = []
+            for a, c in zip(ws, (cu, ci, cu, ci)):
+                c = np.maximum(c, 1).astype(np.float64)
+                visits.append((a.astype(np.float64) / (c[:, None] if a.ndim == 2 else c)).astype(np.float32))
+        if len(visits) != 4:
+            raise ConfigError(f"visits must be 4 arrays (vu, vi, vbu, vbi), got {len(visits)}")
+        visits = check(visits, "visits")
         diag = np.empty(self.size, dtype=np.float32)
         dbu, dbi, DP, DQ = self.layout.unpack(diag)
-        DP[:] = ws[0][:, None]
-        DQ[:] = ws[1][:, None]
+        DP[:] = ws[0] if ws[0].ndim == 2 else ws[0][:, None]
+        DQ[:] = ws[1] if ws[1].ndim == 2 else ws[1][:, None]
         if self.use_bias:
             dbu[:] = ws[2]
             dbi[:] = ws[3]
