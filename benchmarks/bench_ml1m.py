@@ -1,4 +1,4 @@
-"""ML-1M rating prediction: lfopt's SGD and ALS against cornac's MF and LIBMF, in one run.
+"""ML-1M rating prediction: lfopt's SGD, ALS and Gibbs sampler against cornac's MF, LIBMF and myFM, in one run.
 
 Protocol (METHODS.md section 6): the random 90/10 split of all ratings with seed 42,
 rank 100, 40 epochs, test RMSE/MAE on the clipped predictions, seconds per epoch
@@ -12,7 +12,18 @@ lfopt's hyper-parameters are not chosen on the test set: ``--select`` runs a
 small grid on a validation split carved from the training part (10 %, seed 43)
 and prints the best; the defaults below are what it selected.
 
-Usage: python benchmarks/bench_ml1m.py [--data PATH] [--select] [--skip-als]
+Bayesian averaging (METHODS.md section 5c): lfopt's ``gibbs`` optimizer (its
+defaults: Normal-Wishart prior, 5 ALS warm-start sweeps, every later sweep kept)
+at rank 32 with 200 kept samples, against myFM's Gibbs-sampled Bayesian FM at
+rank 32 with 200 iterations (``benchmarks/peers.py: run_myfm``), both on all the
+training ratings.  ``--gibbs-grid`` measures lfopt's sampler at ranks 10/32/64
+after 50/100/200 kept samples (one chain per rank: the test set is passed as the
+validation data with no early stopping, so every history row holds the test RMSE
+of the running posterior mean; seconds are the sampler's own, from the history)
+and the sweep's GFLOP/s.
+
+Usage: python benchmarks/bench_ml1m.py [--data PATH] [--select] [--skip-als] [--skip-gibbs] [--skip-myfm]
+       [--gibbs-grid]
 """
 
 from __future__ import annotations
@@ -30,6 +41,13 @@ try:  # run as a script from the repository root or from benchmarks/
     from peers import PeerUnavailable, run_cornac_mf, run_libmf
 except ImportError:  # pragma: no cover
     from benchmarks.peers import PeerUnavailable, run_cornac_mf, run_libmf
+try:
+    from peers import run_myfm
+except ImportError:  # pragma: no cover
+    try:
+        from benchmarks.peers import run_myfm
+    except ImportError:
+        run_myfm = None
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m" / "ratings.dat"
 RANK, EPOCHS = 100, 40
@@ -37,6 +55,8 @@ RANK, EPOCHS = 100, 40
 SGD = dict(lr=0.007, lam=0.04, init_scale=0.1)
 ALS = dict(lam=0.08)
 ALS_EPOCHS = 15  # ALS converges in far fewer sweeps; its time per epoch is reported anyway
+GIBBS_RANK, GIBBS_SAMPLES, GIBBS_WARM = 32, 200, 5  # the sampler's defaults: burn_in 0, so epochs = warm + samples
+GRID_RANKS, GRID_SAMPLES = (10, 32, 64), (50, 100, 200)
 
 
 def fit_lfopt(name, train, test, epochs, **params):
@@ -48,6 +68,44 @@ def fit_lfopt(name, train, test, epochs, **params):
     epoch_s = float(np.median([r["epoch_seconds"] for r in model.history_]))
     return {"rmse": scores["rmse"], "mae": scores["mae"], "seconds": seconds, "seconds_per_epoch": epoch_s,
             "epochs": len(model.history_)}
+
+
+def fit_gibbs(train, test, rank=GIBBS_RANK, samples=GIBBS_SAMPLES, valid=None, **options):
+    """lfopt's Gibbs sampler on all the training ratings (validation=0: nothing held out)."""
+    model = lfopt.LatentFactorModel(rank=rank, optimizer="gibbs", epochs=GIBBS_WARM + samples, seed=42,
+                                    validation=0, patience=None, warm_start=GIBBS_WARM, **options)
+    t0 = time.perf_counter()
+    model.fit(train, valid)
+    seconds = time.perf_counter() - t0
+    scores = model.evaluate(test)
+    epoch_s = float(np.median([r["epoch_seconds"] for r in model.history_ if r.get("sampling")]))
+    return {"rmse": scores["rmse"], "mae": scores["mae"], "seconds": seconds, "seconds_per_epoch": epoch_s,
+            "epochs": len(model.history_), "model": model}
+
+
+def sweep_flops(train, rank: int) -> float:
+    """Floating-point operations of one Gibbs sweep as counted here: the symmetric normal matrices
+    (g (g + 1) per entry and side, g = rank + 1), one Cholesky factor (g^3 / 3) and four triangular
+    solves (4 g^2) per row; the gathers, draws and hyper-parameters are not counted."""
+    g = rank + 1
+    rows = train.n_users + train.n_items
+    return 2.0 * train.nnz * g * (g + 1) + rows * (g ** 3 / 3.0 + 4.0 * g * g)
+
+
+def gibbs_grid(train, test):
+    """Test RMSE of the running posterior mean after 50/100/200 samples at ranks 10/32/64 (one chain each)."""
+    print("\n| rank | samples | test RMSE | sampler seconds | fit seconds | ms/sweep | GFLOP/s |")
+    print("|---|---|---|---|---|---|---|")
+    for rank in GRID_RANKS:
+        res = fit_gibbs(train, test, rank=rank, samples=max(GRID_SAMPLES), valid=test)
+        hist = res["model"].history_
+        gflops = sweep_flops(train, rank) / res["seconds_per_epoch"] / 1e9
+        for row in hist:
+            if row.get("kept") in GRID_SAMPLES and row.get("sampling"):
+                print(f"| {rank} | {int(row['kept'])} | {row['valid_rmse']:.4f} | {row['seconds']:.2f} | "
+                      f"{res['seconds'] if row['kept'] == max(GRID_SAMPLES) else float('nan'):.2f} | "
+                      f"{res['seconds_per_epoch'] * 1e3:.0f} | {gflops:.1f} |", flush=True)
+        assert abs(hist[-1]["valid_rmse"] - res["rmse"]) < 1e-5  # the last row is the final model
 
 
 def select(train):
@@ -74,6 +132,10 @@ def main():
     ap.add_argument("--data", default=str(DEFAULT))
     ap.add_argument("--select", action="store_true", help="choose lfopt's hyper-parameters on validation and stop")
     ap.add_argument("--skip-als", action="store_true")
+    ap.add_argument("--skip-gibbs", action="store_true")
+    ap.add_argument("--skip-myfm", action="store_true")
+    ap.add_argument("--gibbs-grid", action="store_true", help="lfopt's sampler at ranks 10/32/64, 50/100/200 "
+                    "samples (and GFLOP/s), then stop")
     args = ap.parse_args()
 
     lfopt.load_data(args.data)  # warm the file cache and the parser
@@ -88,6 +150,10 @@ def main():
     # compile the kernels outside the timed runs
     lfopt.LatentFactorModel(rank=4, optimizer="sgd", epochs=1).fit(test)
     lfopt.LatentFactorModel(rank=4, optimizer="als", epochs=1).fit(test)
+    lfopt.LatentFactorModel(rank=4, optimizer="gibbs", epochs=8, validation=0).fit(test, test)
+    if args.gibbs_grid:
+        gibbs_grid(train, test)
+        return
 
     rows = [("lfopt sgd", lambda: fit_lfopt("sgd", train, test, EPOCHS, **SGD))]
     if not args.skip_als:
@@ -96,6 +162,10 @@ def main():
     rows.append(("cornac MF", lambda: run_cornac_mf(*arrays, rank=RANK, epochs=EPOCHS, lr=0.01, lam=0.05,
                                                     seed=None)))
     rows.append(("LIBMF", lambda: run_libmf(*arrays, rank=RANK, epochs=EPOCHS, lr=0.05, lam=0.05)))
+    if not args.skip_gibbs:
+        rows.append(("lfopt gibbs", lambda: {k: v for k, v in fit_gibbs(train, test).items() if k != "model"}))
+    if not args.skip_myfm:
+        rows.append(("myFM", lambda: _myfm(train, test)))
     results = {}
     for name, fn in rows:
         try:
@@ -117,6 +187,19 @@ def main():
         ratio = ref["seconds_per_epoch"] / results["cornac MF"]["seconds_per_epoch"]
         print(f"\nlfopt SGD epoch / cornac MF epoch = {ratio:.2f} (target <= 1.0)")
     print(f"lfopt SGD test RMSE {ref['rmse']:.4f} (target <= 0.840); ML-1M load {load_s:.3f} s (target < 1 s)")
+    if "lfopt gibbs" in results:
+        g = results["lfopt gibbs"]
+        print(f"lfopt gibbs (rank {GIBBS_RANK}, {GIBBS_SAMPLES} samples) test RMSE {g['rmse']:.4f} in "
+              f"{g['seconds']:.1f} s (target <= 0.829 in <= 20 s)")
+    if "myFM" in results:
+        print(f"myFM (rank {GIBBS_RANK}, {GIBBS_SAMPLES} iterations) test RMSE {results['myFM']['rmse']:.4f} in "
+              f"{results['myFM']['seconds']:.1f} s")
+
+
+def _myfm(train, test):
+    if run_myfm is None:
+        raise PeerUnavailable("benchmarks/peers.py has no run_myfm adapter")
+    return run_myfm(train, test, rank=GIBBS_RANK, n_iter=GIBBS_SAMPLES, seed=42, rating_range=(1, 5))
 
 
 if __name__ == "__main__":

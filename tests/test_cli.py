@@ -102,8 +102,9 @@ class TestTrain:
     def test_results_of_a_file(self, trained):
         res = json.loads(trained["results"].read_text())
         assert RESULT_KEYS <= set(res)
-        assert res["n_ratings"] == res["n_train"] + res["n_valid"] + res["n_test"] == 2400
-        assert res["n_valid"] == 216  # 10 % of the training part stops training early by default
+        assert res["n_ratings"] == res["n_train"] + res["n_test"] == 2400
+        # 10 % of the training part stops training early by default, then the model is refit on all of it
+        assert res["n_valid"] == 216
         assert res["epochs"] == 2 and res["options"]["rank"] == 3
         assert res["data"] == str(trained["data"])
         assert np.isfinite(res["test_rmse"]) and np.isfinite(res["test_mae"])
@@ -171,7 +172,7 @@ class TestTrain:
                    "--output", str(out), "-q"])
         assert rc == 0
         res = json.loads(out.read_text())
-        assert (res["n_train"] + res["n_valid"], res["n_test"]) == (123_202, 13_689)
+        assert (res["n_train"], res["n_test"]) == (123_202, 13_689)
 
 
 # ================================================================= evaluate

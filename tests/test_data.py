@@ -493,7 +493,8 @@ class TestSynthetic:
     def test_als_reaches_noise_floor(self):
         data = lfopt.synthetic(n_users=400, n_items=300, nnz=48_000, seed=0)
         train, test = lfopt.random_split(data, 0.1, seed=0)
-        model = lfopt.LatentFactorModel(rank=5, optimizer="als", epochs=15, lam=0.02, seed=0).fit(train)
+        model = lfopt.LatentFactorModel(rank=5, optimizer="als", epochs=15, lam=0.02, lam0=0.0, lam_b=None,
+                                        lam0_b=None, seed=0).fit(train)
         rmse = model.evaluate(test)["rmse"]
         assert rmse < 1.10 * data.meta["noise_floor"]
         assert rmse > 0.9 * data.meta["noise_floor"]  # no model beats the noise by much

@@ -217,7 +217,8 @@ def test_legacy_files_still_load(tmp_path):
     data = lfopt.synthetic(n_users=60, n_items=40, nnz=900, seed=11)
     train, test = lfopt.random_split(data, 0.1, seed=0)
     old = lfopt.load(HERE / "data" / "legacy_v1_lf.npz")  # written by lfopt 0.1.0's LatentFactorModel.save
-    ref = LatentFactorModel(rank=3, optimizer="als", epochs=3, lam=0.05, validation=None, standardize=False).fit(train)
+    ref = LatentFactorModel(rank=3, optimizer="als", epochs=3, lam=0.05, lam_b=None, lam0=0.0, lam0_b=None,
+                            validation=None, standardize=False).fit(train)
     pairs = (test.user_ids[test.users], test.item_ids[test.items])
     np.testing.assert_allclose(old.predict(*pairs), ref.predict(*pairs), rtol=1e-5)
     with pytest.warns(UserWarning, match="no seen items"):
@@ -247,7 +248,7 @@ def test_cli_rank_save_then_recommend_and_evaluate(tmp_path, capsys, ml_split):
 def test_cli_diverged_training_exits_nonzero(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        code = main(["train", "--lr", "50", "--lambda", "0", "--epochs", "5", "--quiet",
+        code = main(["train", "--optimizer", "sgd", "--lr", "50", "--lambda", "0", "--epochs", "5", "--quiet",
                      "--output", str(tmp_path / "r.json")])
     assert code == 1
     err = capsys.readouterr().err
@@ -285,3 +286,17 @@ def test_validation_none_trains_on_everything():
     assert model.n_train_ == 1500 and model.n_valid_ == 0 and "valid_rmse" not in model.history_[-1]
     with pytest.raises(lfopt.ConfigError, match="validation"):
         LatentFactorModel(validation=1.5)
+
+
+def test_refit_trains_on_all_the_data_for_the_chosen_epochs():
+    data = lfopt.synthetic(n_users=150, n_items=120, nnz=5000, seed=3)
+    train, test = lfopt.random_split(data, 0.1, seed=0)
+    kw = dict(rank=4, optimizer="als", epochs=30, lam=0.05, lam0=2.0)
+    once = LatentFactorModel(refit=False, **kw).fit(train)
+    twice = LatentFactorModel(**kw).fit(train)
+    assert (once.n_train_, once.n_valid_) == (4050, 450)
+    assert (twice.n_train_, twice.n_valid_) == (4500, 450)
+    assert twice.best_epoch_ == once.best_epoch_
+    assert [r["valid_rmse"] for r in twice.history_] == [r["valid_rmse"] for r in once.history_]
+    # the refit uses 11 % more data, so it predicts better than the model that never saw the held-out part
+    assert twice.evaluate(test)["rmse"] < once.evaluate(test)["rmse"]

@@ -67,8 +67,8 @@ def test_each_optimizer_decreases_the_objective_on_real_data(name, ml100k_object
 def test_slf_fits_a_noiseless_low_rank_matrix():
     data, info = synthetic(n_users=150, n_items=100, nnz=6000, rank=3, noise_std=0.0, bias_std=0.0,
                            seed=0, return_info=True)
-    model = lfopt.LatentFactorModel(rank=3, optimizer="slf", epochs=60, lam=1e-6, patience=None,
-                                    cg_iters=50, cg_tol=1e-6).fit(data)
+    model = lfopt.LatentFactorModel(rank=3, optimizer="slf", epochs=60, lam=1e-6, lam0=0.0, lam0_b=0.0,
+                                    patience=None, validation=None, cg_iters=50, cg_tol=1e-6).fit(data)
     train_rmse = model.history_[-1]["train_rmse"]
     assert train_rmse < 1e-2 * np.std(data.values), train_rmse
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import time
 
 from ..errors import DivergenceError
@@ -10,7 +12,7 @@ from ..optim.base import make_optimizer
 from ..results import check_writable, model_path, peak_memory_mb, write_json
 from .common import add_backend_options, add_data_options, add_output_options, load_dataset, say, split_dataset
 
-OPTIMIZERS = ("sgd", "adam", "als", "adago", "slf", "sslf")
+OPTIMIZERS = ("sgd", "adam", "als", "adago", "slf", "sslf", "gibbs")
 
 # per-optimizer options exposed on the command line: (flag, dest, type, help)
 OPTIMIZER_FLAGS = [
@@ -28,13 +30,21 @@ OPTIMIZER_FLAGS = [
 
 def add_model_options(p) -> None:
     g = p.add_argument_group("model and training")
-    g.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS, help="optimizer (default: sgd)")
+    g.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help="optimizer (default: the model's, als)")
     g.add_argument("--rank", type=int, default=None,
-                   help="latent dimensions (default: 100 on files; on the synthetic data its true rank, 5)")
+                   help="latent dimensions (default: the model's, 32; on the synthetic data its true rank, 5)")
     g.add_argument("--epochs", type=int, default=40, help="maximum epochs (default: 40)")
-    g.add_argument("--lambda", dest="lam", type=float, default=None,
-                   help="L2 strength of the factors, count-weighted (default: 0.02)")
-    g.add_argument("--lambda-bias", dest="lam_b", type=float, default=None, help="L2 of the biases (default: --lambda)")
+    g.add_argument("--lambda", dest="lam", type=_lambda, default=None, metavar="LAMBDA|learn",
+                   help="count-weighted L2 of the factors (row u: --lambda0 + LAMBDA n_u, in units of standardized "
+                   "ratings), or 'learn' to learn it on the validation part (lambdaOpt) (default: the model's)")
+    g.add_argument("--lambda0", dest="lam0", type=float, default=None,
+                   help="constant part of each row's factor penalty (default: the model's)")
+    g.add_argument("--lambda-bias", dest="lam_b", type=float, default=None,
+                   help="count-weighted L2 of the biases (default: the model's)")
+    g.add_argument("--lambda0-bias", dest="lam0_b", type=float, default=None,
+                   help="constant part of each row's bias penalty (default: the model's)")
+    g.add_argument("--granularity", choices=("global", "D", "DU", "DI", "DUI"), default=None,
+                   help="with --lambda learn: one lambda for all, per dimension, per (user|item, dimension)")
     g.add_argument("--no-bias", action="store_true", help="the plain model r = p.q (no mean and biases)")
     g.add_argument("--init-scale", type=float, default=0.1, help="initial factor scale (default: 0.1)")
     g.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (default: 5)")
@@ -70,17 +80,30 @@ def optimizer_options(args) -> dict:
     opts = {dest: getattr(args, dest) for _, dest, _, _ in OPTIMIZER_FLAGS if getattr(args, dest) is not None}
     if getattr(args, "precondition", None):
         opts["precondition"] = args.precondition
-    make_optimizer(args.optimizer, **opts)  # validates names and values early
+    make_optimizer(args.optimizer or _model_default("optimizer"), **opts)  # validates names and values early
     return opts
 
 
-def default_lambda(optimizer: str) -> float:
-    return 0.02
+def _model_default(name: str):
+    """The default of a LatentFactorModel parameter (the CLI's defaults are the model's)."""
+    return inspect.signature(LatentFactorModel).parameters[name].default
+
+
+def _lambda(text: str):
+    if text.strip().lower() == "learn":
+        return "learn"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'learn', got {text!r}") from None
 
 
 def build_model(args, rank: int) -> LatentFactorModel:
-    lam = args.lam if args.lam is not None else default_lambda(args.optimizer)
-    return LatentFactorModel(rank=rank, optimizer=args.optimizer, epochs=args.epochs, lam=lam, lam_b=args.lam_b,
+    given = {k: getattr(args, k) for k in ("lam", "lam0", "lam_b", "lam0_b", "granularity")
+             if getattr(args, k, None) is not None}
+    if args.optimizer is not None:
+        given["optimizer"] = args.optimizer
+    return LatentFactorModel(rank=rank, epochs=args.epochs, **given,
                              use_bias=not args.no_bias, init_scale=args.init_scale, seed=args.seed,
                              patience=args.patience, validation=args.valid_fraction or None,
                              verbose=not args.quiet, backend=args.backend,
@@ -92,7 +115,7 @@ def run(args) -> int:
         if path:
             check_writable(path, args.overwrite)
     data = load_dataset(args)
-    rank = args.rank if args.rank is not None else (data.meta.get("true_rank") or 100)
+    rank = args.rank if args.rank is not None else (data.meta.get("true_rank") or _model_default("rank"))
     model = build_model(args, rank)
     say(args, f"data: {data!r}")
     train, test = split_dataset(data, args.test_fraction, args.seed)
@@ -111,7 +134,8 @@ def run(args) -> int:
         "epochs": len(res.history), "best_epoch": res.best_epoch or len(res.history), "stopped": res.stopped,
         "train_seconds": seconds, "seconds_per_epoch": seconds / max(1, len(res.history)),
         "peak_memory_mb": peak_memory_mb(),
-        "options": {k: v for k, v in vars(args).items() if not k.startswith("_")} | {"rank": rank, "lambda": model.lam},
+        "options": {k: v for k, v in vars(args).items() if not k.startswith("_")} | {"rank": rank, "optimizer": model.optimizer,
+                                                                                "lambda": model.lam, "lambda0": model.lam0},
         "history": res.history,
     }
     if "noise_floor" in data.meta:
@@ -120,7 +144,8 @@ def run(args) -> int:
     if res.message:
         summary["message"] = res.message
     lines = [
-        f"optimizer {args.optimizer}, rank {rank}, lambda {model.lam}: {summary['epochs']} epochs "
+        f"optimizer {model.optimizer}, rank {rank}, lambda {model.lam} (+ {model.lam0} per row): "
+        f"{summary['epochs']} epochs "
         f"({res.stopped}) in {seconds:.2f} s",
         f"test RMSE {scores['rmse']:.4f}  MAE {scores['mae']:.4f}  on {test.nnz} ratings"
         + (f" ({scores['n_unseen']} with unseen user/item, predicted from biases)" if scores["n_unseen"] else ""),

@@ -12,7 +12,8 @@ from ..eval.metrics import rating_metrics
 from .base import Recommender, register_model
 
 _FIXED = ("rank", "optimizer", "epochs", "lam", "lam_b", "lam0", "lam0_b", "use_bias", "init_scale", "seed",
-          "patience", "validation", "standardize", "verbose", "backend", "device")
+          "patience", "validation", "refit", "standardize", "granularity", "preset", "time_budget", "verbose",
+          "backend", "device")
 
 
 @register_model("latent_factor")
@@ -22,13 +23,22 @@ class LatentFactorModel(Recommender):
     Parameters
     ----------
     rank : number of latent dimensions f.
-    optimizer : ``"sgd"``, ``"adam"``, ``"als"``, ``"adago"``, ``"slf"`` or ``"sslf"``.
+    optimizer : ``"sgd"``, ``"adam"``, ``"als"``, ``"adago"``, ``"slf"``, ``"sslf"`` or ``"gibbs"``
+        (Bayesian averaging by Gibbs sampling, METHODS.md section 5c: the model then
+        predicts with the posterior mean over the kept samples, see
+        :mod:`lfopt.optim.gibbs`; lam, lam0 are not used by the sampler).
     epochs : maximum number of epochs (for SLF/SSLF an epoch is one Gauss-Newton step).
     lam, lam_b : count-weighted L2 strength of the factors and of the biases
         (``lam_b=None`` uses ``lam``): row u's penalty grows as ``lam * n_u``.
+        ``lam="learn"`` learns the regularization on the validation part instead
+        (lambdaOpt, METHODS.md section 5b; :class:`lfopt.regularizers.LearnedL2` at
+        ``granularity`` ``"global"``, ``"D"``, ``"DU"``, ``"DI"`` or ``"DUI"``).
     lam0, lam0_b : the constant part of each row's penalty (``lam0_b=None`` uses
         ``lam0``): row u's factors get ``lam0 + lam * n_u`` (METHODS.md section 2).
         ``lam=0`` gives the uniform form, ``lam0=0`` the count-weighted one.
+        The defaults (factors 6 + 0.05 n_u, biases a damping of 3 ratings, in units of
+        standardized ratings) are the middle of what validation chose on five rating
+        datasets (benchmarks/results/reg_form.md); the mixed form won on all of them.
     use_bias : include the global mean and user/item biases (False gives the
         plain model r_ui ~ p_u . q_i of the papers).
     init_scale : factors start ~ N(0, init_scale^2 / rank).  Small starts help
@@ -40,6 +50,14 @@ class LatentFactorModel(Recommender):
     validation : when ``fit`` gets no ``valid``, this fraction of the training data
         (drawn with ``seed + 1``) is held out to stop early (and to learn the
         regularization); None or 0 trains on everything with no early stopping.
+    refit : after stopping early on the held-out ``validation`` part, train again on
+        all the training data for the chosen number of epochs (with the learned
+        regularization frozen); ``history_`` keeps the first run's validation curve.
+    preset : None, or ``"accurate"``: the most accurate pipeline (Bayesian averaging
+        by Gibbs sampling warm-started by ALS, on all the training data; ``optimizer``,
+        ``lam`` and ``validation`` are then not used), see ``time_budget``.
+    time_budget : stop training before an epoch would end past this many seconds
+        (None: no limit); with ``preset="accurate"`` the sampler runs until it.
     standardize : fit on ratings divided by their standard deviation, so that
         ``lam``, ``lam0``, ``lr`` and ``init_scale`` mean the same on a 1..5 and a
         1..100 scale (the fitted parameters are returned in rating units).
@@ -55,7 +73,7 @@ class LatentFactorModel(Recommender):
     >>> import lfopt
     >>> data = lfopt.synthetic(n_users=400, n_items=300, nnz=30000, seed=0)
     >>> train, test = lfopt.random_split(data, 0.1, seed=0)
-    >>> model = lfopt.LatentFactorModel(rank=5, optimizer="als", epochs=10, lam=0.02).fit(train)
+    >>> model = lfopt.LatentFactorModel(rank=5, epochs=10, lam=0.02, lam0=0.0).fit(train)
     >>> model.evaluate(test)["rmse"] < 1.15 * data.meta["noise_floor"]  # the generator's noise level
     True
     >>> scores = model.predict([0, 1], [0, 1])
@@ -63,16 +81,18 @@ class LatentFactorModel(Recommender):
     >>> len(items)
     3
     >>> model
-    LatentFactorModel(rank=5, optimizer='als', epochs=10)
+    LatentFactorModel(rank=5, epochs=10, lam=0.02, lam0=0.0)
     """
 
     _task = "rating"
     _fallback_words = "predicted from the mean and biases"
 
-    def __init__(self, rank: int = 10, optimizer: str = "sgd", epochs: int = 40, lam: float = 0.02,
-                 lam_b: float | None = None, lam0: float = 0.0, lam0_b: float | None = None, use_bias: bool = True,
+    def __init__(self, rank: int = 32, optimizer: str = "als", epochs: int = 40, lam: float | str = 0.05,
+                 lam_b: float | None = 0.0, lam0: float = 6.0, lam0_b: float | None = 3.0, use_bias: bool = True,
                  init_scale: float = 0.1, seed: int = 0, patience: int | None = 5,
-                 validation: float | None = 0.1, standardize: bool = True, verbose: bool = False,
+                 validation: float | None = 0.1, refit: bool = True, standardize: bool = True,
+                 granularity: str = "DUI", preset: str | None = None, time_budget: float | None = None,
+                 verbose: bool = False,
                  backend: str = "numba", device: str | None = None, **optimizer_options):
         self.rank = rank
         self.optimizer = optimizer
@@ -86,6 +106,10 @@ class LatentFactorModel(Recommender):
         self.seed = seed
         self.patience = patience
         self.validation = validation
+        self.refit = refit
+        self.granularity = granularity
+        self.preset = preset
+        self.time_budget = time_budget
         self.standardize = standardize
         self.verbose = verbose
         self.backend = backend
@@ -99,9 +123,17 @@ class LatentFactorModel(Recommender):
             raise ConfigError(f"rank must be a positive integer, got {self.rank!r}")
         for name in ("lam", "lam_b", "lam0", "lam0_b"):
             v = getattr(self, name)
+            if name == "lam" and v == "learn":
+                continue
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer))
                                   or not np.isfinite(v) or v < 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.preset not in (None, "accurate"):
+            raise ConfigError(f"preset must be None or 'accurate', got {self.preset!r}")
+        tb = self.time_budget
+        if tb is not None and (isinstance(tb, bool) or not isinstance(tb, (int, float, np.floating, np.integer))
+                               or not np.isfinite(tb) or tb <= 0):
+            raise ConfigError(f"time_budget must be a number of seconds > 0 or None, got {tb!r}")
         v = self.validation
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer))
                               or not 0.0 <= v < 1.0):
@@ -122,34 +154,72 @@ class LatentFactorModel(Recommender):
         return self
 
     # ------------------------------------------------------------------ fit
-    def _make_objective(self, train: Interactions):
+    def _make_objective(self, train: Interactions, valid: Interactions | None = None, fitted=None):
+        """The LF objective on ``train``: fixed L2 from lam/lam0 (or ``fitted``, a regularizer of an
+        earlier run, its learned Lambda frozen), or learned Lambda (``lam="learn"``) bound to ``valid``."""
         from ..models.lf import LFObjective
-
         from ..regularizers import L2
 
-        reg = L2(self.lam, self.lam_b, lam0=self.lam0, lam0_b=self.lam0_b)
-        return LFObjective(train, self.rank, regularizer=reg, use_bias=self.use_bias, backend=self.backend,
-                           device=self.device)
+        learned = None
+        if fitted is not None and hasattr(fitted, "state") and hasattr(fitted, "bind"):  # learned Lambda: freeze
+            reg = type(fitted)(**{**fitted.get_params(), "learn": False})
+            learned = {k: np.array(v, copy=True) for k, v in fitted.state().items()}
+        elif fitted is not None:
+            reg = fitted
+        elif self.lam == "learn":
+            from ..regularizers.lambda_rating import LearnedL2
+
+            if valid is None:
+                raise ConfigError('lam="learn" learns the regularization on validation ratings: pass valid= to '
+                                  'fit() or keep validation > 0')
+            reg = LearnedL2(granularity=self.granularity, seed=self.seed)
+        else:
+            reg = L2(self.lam, self.lam_b, lam0=self.lam0, lam0_b=self.lam0_b)
+        obj = LFObjective(train, self.rank, regularizer=reg, use_bias=self.use_bias, backend=self.backend,
+                          device=self.device)
+        if hasattr(reg, "bind"):
+            reg.bind(obj, valid if reg.learn else None)
+            if learned is not None:
+                reg.set_state(learned)
+        return obj
 
     def _fit(self, train: Interactions, valid: Interactions | None, callback):
         from ..data.split import random_split
-        from ..optim.base import make_optimizer
-        from ..train.trainer import Trainer
 
         self._check_params()
-        if valid is None and self.validation:
+        full = None
+        if valid is None and self.validation and self._plan()["validation"]:
             if train.nnz * float(self.validation) < 10:
                 warnings.warn(f"{train.nnz} training entries are too few to hold out validation={self.validation} "
                               f"(fewer than 10 entries): training on all of them with no early stopping",
                               UserWarning, stacklevel=3)
             else:
+                full = train
                 train, valid = random_split(train, float(self.validation), seed=int(self.seed) + 1)
+        self._fit_once(train, valid, callback)
+        if full is not None and self.refit and self.stopped_ != "diverged" and self.posterior_ is None:
+            first = (self.history_, self.train_result_, self.best_epoch_)
+            regularizer = self.objective_.regularizer
+            self._fit_once(full, None, callback, epochs=self.best_epoch_, regularizer=regularizer)
+            self.history_, self.train_result_ = first[0], first[1]
+            self.refit_history_ = self.history_
+            self.best_epoch_ = first[2]
+            self.n_valid_ = valid.nnz
+
+    def _fit_once(self, train: Interactions, valid: Interactions | None, callback, epochs: int | None = None,
+                  regularizer=None):
+        """One training run on ``train`` (early stopping on ``valid``); ``epochs`` and a fitted
+        ``regularizer`` (whose learned state is kept fixed) are given by the refit."""
+        from ..optim.base import make_optimizer
+        from ..train.trainer import Trainer
+
         scale = self._data_scale(train)
         self.scale_ = scale
         fit_train = train if scale == 1.0 else train.with_values(train.values / scale)
         fit_valid = valid if (valid is None or scale == 1.0) else valid.with_values(valid.values / scale)
-        obj = self._make_objective(fit_train)
-        opt = make_optimizer(self.optimizer, seed=self.seed, **self.optimizer_options)
+        obj = self._make_objective(fit_train, fit_valid, regularizer)
+        plan = self._plan()
+        opt = make_optimizer(plan["optimizer"], seed=self.seed, **self.optimizer_options)
         bk = obj.backend
         y = obj.init_params(self.init_scale, self.seed)
         self.objective_ = obj
@@ -161,6 +231,8 @@ class LatentFactorModel(Recommender):
         self.params_ = self._to_raw(bk.to_numpy(y))
         self.n_train_ = train.nnz
         self.n_valid_ = 0 if valid is None else valid.nnz
+        self.posterior_ = None
+        sampler = bool(getattr(opt, "is_sampler", False))
         evaluate = None
         if valid is not None:
             rows, cols, truth = valid.users, valid.items, valid.values
@@ -169,17 +241,26 @@ class LatentFactorModel(Recommender):
                 self.params_ = self._to_raw(bk.to_numpy(params))
                 return self._score_indices(rows, cols, truth)
 
+            if sampler:  # the running posterior mean over the kept samples
+                evaluate = _running_mean_evaluate(self, opt, evaluate, rows, cols, truth)
+
         hook = None
-        if callback is not None:
+        if callback is not None or sampler:
 
             def hook(params, row):
-                self.params_ = self._to_raw(bk.to_numpy(params))
-                callback(self, row)
+                if sampler:  # no early stop before the first kept sample (the end of burn-in)
+                    trainer.patience = patience if row.get("kept") else None
+                if callback is not None:
+                    self.params_ = self._to_raw(bk.to_numpy(params))
+                    callback(self, row)
 
-        trainer = Trainer(self.epochs, self.patience if valid is not None else None, verbose=self.verbose,
+        patience = self.patience if valid is not None else None
+        trainer = Trainer(epochs or plan["epochs"], patience, verbose=self.verbose, time_budget=plan["time_budget"],
                           callback=hook, metric="rmse", label=f"latent factor model (rank {self.rank})")
         result = trainer.run(obj, opt, y, evaluate)
         self.params_ = self._to_raw(bk.to_numpy(y))
+        if sampler:
+            self.posterior_ = _posterior_from(opt, result, scale)
         self.history_ = result.history
         self.train_result_ = result
         self.optimizer_ = opt
@@ -187,6 +268,16 @@ class LatentFactorModel(Recommender):
         self.best_epoch_ = result.best_epoch or len(result.history)
         if result.stopped == "diverged":
             warnings.warn(result.message, RuntimeWarning, stacklevel=3)
+
+    def _plan(self) -> dict:
+        """What one fit runs: ``preset="accurate"`` is Bayesian averaging (the Gibbs sampler,
+        warm-started by its own ALS sweeps) on all the training data, sweeping until
+        ``time_budget`` seconds are spent (or ``epochs`` sweeps without a budget)."""
+        if self.preset == "accurate":
+            return {"optimizer": "gibbs", "epochs": 100_000 if self.time_budget else max(self.epochs, 200),
+                    "time_budget": self.time_budget, "validation": False}
+        return {"optimizer": self.optimizer, "epochs": self.epochs, "time_budget": self.time_budget,
+                "validation": True}
 
     def _data_scale(self, train: Interactions) -> float:
         """The unit the objective sees ratings in: their standard deviation (``standardize``), else 1."""
@@ -210,9 +301,23 @@ class LatentFactorModel(Recommender):
 
     # --------------------------------------------------------------- factors
     def factors(self):
-        """``(b_u, b_i, P, Q)`` as arrays (biases are empty without ``use_bias``)."""
+        """``(b_u, b_i, P, Q)`` as arrays (biases are empty without ``use_bias``).
+
+        After Gibbs sampling (``n_samples_`` > 0) this is the posterior mean: the mean
+        biases and the S kept samples side by side, P = [P_1 ... P_S] / sqrt(S)
+        (m x S rank) and Q likewise, so that P Q^T is the mean of the P_s Q_s^T.
+        """
         self._check_fitted()
+        post = getattr(self, "posterior_", None)
+        if post is not None:
+            return post
         return self.layout_.unpack(self.params_)
+
+    @property
+    def n_samples_(self) -> int:
+        """Number of posterior samples the predictions average (0: a point estimate)."""
+        post = getattr(self, "posterior_", None)
+        return 0 if post is None else post[2].shape[1] // int(self.rank)
 
     def _factors(self):
         bu, bi, P, Q = self.factors()
@@ -225,9 +330,15 @@ class LatentFactorModel(Recommender):
         return (bi.astype(np.float64) + self.mu_) if self.use_bias else np.full(self.n_items_, self.global_mean_)
 
     # ------------------------------------------------------------ prediction
-    def _predict_indices(self, rows, cols, clip: bool = True):
-        """Predictions for index pairs; -1 marks an unknown user/item. Returns (pred, fallback mask)."""
+    def _predict_indices(self, rows, cols, clip: bool = True, biases=None, dots=None):
+        """Predictions for index pairs; -1 marks an unknown user/item. Returns (pred, fallback mask).
+
+        ``biases = (b_u, b_i)`` and ``dots(both)`` (p_u . q_i on the pairs marked in
+        ``both``) replace the model's own (the running posterior mean while sampling).
+        """
         bu, bi, P, Q = self.factors()
+        if biases is not None:
+            bu, bi = biases
         rows = np.asarray(rows, dtype=np.int64)
         cols = np.asarray(cols, dtype=np.int64)
         known_u = rows >= 0
@@ -242,7 +353,16 @@ class LatentFactorModel(Recommender):
         else:  # the plain model p.q has no mean: fall back to the training mean
             pred = np.full(len(rows), self.global_mean_, dtype=np.float64)
             pred[both] = 0.0
-        pred[both] += np.einsum("ij,ij->i", P[ru[both]], Q[ci[both]], dtype=np.float64)
+        if dots is not None:
+            pred[both] += dots(both)
+        elif getattr(self, "posterior_", None) is not None:  # S samples side by side: no gathered copy
+            from ..kernels.gibbs import pair_dots
+
+            out = np.empty(int(both.sum()), dtype=np.float64)
+            pair_dots(ru[both], ci[both], P, Q, P.shape[1], out)
+            pred[both] += out
+        else:
+            pred[both] += np.einsum("ij,ij->i", P[ru[both]], Q[ci[both]], dtype=np.float64)
         if clip:
             np.clip(pred, *self.rating_range_, out=pred)
         return pred, ~both
@@ -262,11 +382,15 @@ class LatentFactorModel(Recommender):
 
     # ----------------------------------------------------------------- files
     def _state_arrays(self) -> dict:
-        return {"params": np.asarray(self.params_)}
+        out = {"params": np.asarray(self.params_)}
+        post = getattr(self, "posterior_", None)
+        if post is not None:  # the posterior mean, concatenated-factor form (see factors())
+            out.update(zip(("posterior_bu", "posterior_bi", "posterior_P", "posterior_Q"), post))
+        return out
 
     def _state_meta(self) -> dict:
         return {"mu": self.mu_, "global_mean": self.global_mean_, "rating_range": list(self.rating_range_),
-                "layout": self.layout_.to_meta()}
+                "layout": self.layout_.to_meta(), "n_samples": self.n_samples_}
 
     def _set_state(self, arrays: dict, meta: dict) -> None:
         from ..errors import ModelFileError
@@ -281,4 +405,68 @@ class LatentFactorModel(Recommender):
         self.layout_ = ParamLayout((("b_u", (nb[0],)), ("b_i", (nb[1],)), ("P", (m, f)), ("Q", (n, f))))
         if self.params_.shape != (self.layout_.size,):
             raise ModelFileError("damaged lfopt model file (parameter vector has the wrong size)")
+        self.posterior_ = _posterior_from_file(arrays, meta, m, n, f, self.use_bias)
 
+
+# --------------------------------------------------- samplers (lfopt.optim.gibbs)
+def _running_mean_evaluate(model, opt, score_sample, rows, cols, truth):
+    """The validation function while sampling: RMSE/MAE of the running posterior mean over the
+    kept samples (NaN before the first one), and ``sample_rmse`` of the current sample."""
+    state = {"samples": None}
+
+    def evaluate(params):
+        current = score_sample(params)
+        samples = opt.samples
+        if samples is None or samples.count == 0:
+            return {"rmse": float("nan"), "mae": float("nan"), "sample_rmse": current["rmse"]}
+        if state["samples"] is not samples:
+            samples.track(rows, cols)
+            state["samples"] = samples
+        scale = getattr(model, "scale_", 1.0)
+        mean_dots = samples.tracked_dot_mean() * scale
+        bu, bi = (b.astype(np.float64) * scale for b in samples.mean_biases())
+        pred, unseen = model._predict_indices(rows, cols, biases=(bu, bi), dots=lambda both: mean_dots[both])
+        out = rating_metrics(pred, truth, unseen, "bias")
+        out["sample_rmse"] = current["rmse"]
+        return out
+
+    return evaluate
+
+
+def _posterior_from(opt, result, scale: float):
+    """The posterior mean (b_u, b_i, P, Q) in concatenated-factor form, in rating units, from a
+    finished sampler; after early stopping only the samples kept up to the best epoch count."""
+    samples = opt.samples
+    if samples is None:
+        return None
+    if result.stopped in ("early_stop", "diverged") and result.best_epoch:
+        samples.truncate(result.best_epoch)
+    post = samples.finalize()
+    if post is None:
+        warnings.warn(f"optimizer {opt.name!r} kept no sample (epochs <= warm_start + burn_in): the model "
+                      f"predicts with the last sample", RuntimeWarning, stacklevel=4)
+        return None
+    bu, bi, P, Q = post
+    if scale != 1.0:  # in place: P and Q are views of the sampler's store, no copy
+        bu *= np.float32(scale)
+        bi *= np.float32(scale)
+        P *= np.float32(np.sqrt(scale))
+        Q *= np.float32(np.sqrt(scale))
+    return bu, bi, P, Q
+
+
+def _posterior_from_file(arrays, meta, m, n, f, use_bias):
+    from ..errors import ModelFileError
+
+    S = int(meta.get("n_samples", 0) or 0)
+    if S == 0:
+        return None
+    try:
+        post = tuple(arrays[k] for k in ("posterior_bu", "posterior_bi", "posterior_P", "posterior_Q"))
+    except KeyError:
+        raise ModelFileError("damaged lfopt model file (posterior samples missing)") from None
+    nb = (m, n) if use_bias else (0, 0)
+    if (post[0].shape != (nb[0],) or post[1].shape != (nb[1],) or post[2].shape != (m, S * f)
+            or post[3].shape != (n, S * f)):
+        raise ModelFileError("damaged lfopt model file (posterior samples have the wrong shape)")
+    return post

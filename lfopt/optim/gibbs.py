@@ -1,0 +1,492 @@
+"""Bayesian averaging by Gibbs sampling for the LF rating model (METHODS.md section 5c).
+
+Model: r_ui ~ N(mu + b_u + b_i + p_u . q_i, 1/alpha), mu the training mean (fixed),
+alpha ~ Gamma(a0/2, b0/2) with a0 = b0 = 1.  Priors on the rows x_u = (p_u, b_u) of
+one side (the other side has its own):
+
+* ``"normal-wishart"`` (BPMF, Salakhutdinov and Mnih 2008; the default):
+  x_u ~ N(mu_X, Lambda_X^-1) with Lambda_X ~ Wishart(W0 = I, nu0 = g), mu_X ~
+  N(0, (beta0 Lambda_X)^-1), beta0 = 2, on the whole (f + 1)-dimensional row, so
+  the prior also learns how the bias goes with the factors;
+* ``"normal-gamma"`` (myFM / libFM): every coordinate (each dimension d of p_u,
+  and b_u) independently, x_ud ~ N(mu_d, 1/lam_d), mu_d ~ N(0, 1/(gamma0 lam_d)),
+  lam_d ~ Gamma with libFM's conditional (a0 = b0 = gamma0 = 1, see
+  :func:`sample_normal_gamma`).
+
+Measured (ML-1M random 90/10, rank 32, 100 sweeps after 5 ALS sweeps, ratings not
+standardized; RMSE on a validation split of the training part, seed 43):
+normal-wishart 0.8373, normal-gamma 0.8405.
+
+One sweep draws alpha given the residuals, the hyper-parameters of each side given
+its rows (cheap, numpy), then every user row (b_u, p_u) jointly given Q and b_i,
+then every item row given P and b_u (:mod:`lfopt.kernels.gibbs`; the same per-row
+normal equations as ALS, with a Gaussian draw through the row's Cholesky factor).
+
+:class:`GibbsSampler` is registered as the optimizer ``"gibbs"``: one trainer epoch
+is one sweep (the first ``warm_start`` epochs are ALS sweeps that bring the chain
+near the posterior's bulk), it writes the current sample into ``y`` and keeps
+samples after ``burn_in`` in a :class:`PosteriorSamples`, whose mean of the
+predictions is the model's prediction (``LatentFactorModel`` uses it when the
+optimizer has ``is_sampler``).  Everything is deterministic given ``seed``.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from .base import Optimizer, register
+
+PRIORS = ("normal-gamma", "normal-wishart")
+_N_CHUNKS = 128  # fixed work partition of the rows: results do not depend on the thread count
+
+
+def _count(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _stream_seed(seed: int, sweep: int, side: int) -> np.uint64:
+    return np.uint64(np.random.SeedSequence([seed, sweep, side]).generate_state(1, np.uint64)[0])
+
+
+# ----------------------------------------------------------- hyper-parameters
+def sample_normal_gamma(rng, X, mu, a0=1.0, b0=1.0, gamma0=1.0, mu0=0.0):
+    """Draw (lam, mu) per column of ``X`` (N x k) given its rows, libFM/myFM style.
+
+    lam_d | X, mu_d ~ Gamma((a0 + N + 1)/2, rate (b0 + sum_u (x_ud - mu_d)^2 + gamma0 (mu_d - mu0)^2)/2),
+    then mu_d | X, lam_d ~ N((sum_u x_ud + gamma0 mu0)/(N + gamma0), 1/((N + gamma0) lam_d)).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    N = X.shape[0]
+    dev = ((X - mu) ** 2).sum(axis=0) + gamma0 * (mu - mu0) ** 2
+    lam = rng.gamma((a0 + N + 1) / 2.0, 2.0 / (b0 + dev))
+    prec = (N + gamma0) * lam
+    mean = (X.sum(axis=0) + gamma0 * mu0) / (N + gamma0)
+    return lam, mean + rng.standard_normal(X.shape[1]) / np.sqrt(prec)
+
+
+def sample_wishart(rng, W, nu):
+    """One draw of Wishart(W, nu) (k x k scale W, nu > k - 1 degrees of freedom), by Bartlett's
+    decomposition."""
+    k = W.shape[0]
+    L = np.linalg.cholesky(W)
+    A = np.tril(rng.standard_normal((k, k)), -1)
+    A[np.diag_indices(k)] = np.sqrt(rng.chisquare(nu - np.arange(k)))
+    LA = L @ A
+    return LA @ LA.T
+
+
+def sample_normal_wishart(rng, X, beta0=2.0, nu0=None, mu0=None, W0_inv=None):
+    """Draw (Lambda, mu) of the rows of ``X`` (N x k) under the BPMF Normal-Wishart hyper-prior
+    (defaults: mu0 = 0, beta0 = 2, nu0 = k, W0 = I)."""
+    X = np.asarray(X, dtype=np.float64)
+    return sample_normal_wishart_stats(rng, X.shape[0], X.sum(axis=0), X.T @ X, beta0, nu0, mu0, W0_inv)
+
+
+def sample_normal_wishart_stats(rng, N, xsum, xxT, beta0=2.0, nu0=None, mu0=None, W0_inv=None):
+    """:func:`sample_normal_wishart` from the rows' count N, sum and uncentered scatter sum x x^T."""
+    k = len(xsum)
+    nu0 = k if nu0 is None else nu0
+    mu0 = np.zeros(k) if mu0 is None else mu0
+    W0_inv = np.eye(k) if W0_inv is None else W0_inv
+    xbar = xsum / N
+    S = xxT - N * np.outer(xbar, xbar)  # N times the sample covariance
+    diff = xbar - mu0
+    W_inv = W0_inv + S + (beta0 * N / (beta0 + N)) * np.outer(diff, diff)
+    W = np.linalg.inv(0.5 * (W_inv + W_inv.T))
+    Lam = sample_wishart(rng, 0.5 * (W + W.T), nu0 + N)
+    beta = beta0 + N
+    mean = (beta0 * mu0 + N * xbar) / beta
+    Lc = np.linalg.cholesky(beta * Lam)  # mu ~ N(mean, (beta Lam)^-1) = mean + Lc^-T z
+    mu = mean + np.linalg.solve(Lc.T, rng.standard_normal(k))
+    return Lam, mu
+
+
+# ---------------------------------------------------------------- the samples
+class PosteriorSamples:
+    """Kept samples of (b_u, b_i, P, Q), at most ``max_samples`` in memory.
+
+    When the store is full, every second sample is dropped and from then on
+    only every second offered sample is kept (the stride doubles), so the kept
+    samples always spread evenly over the whole chain.  Memory: ``max_samples``
+    times (m + n) (f + 1) float32.
+
+    ``track(rows, cols)`` maintains the running sum of the factor products
+    p_u . q_i of the kept samples on those pairs (one O(len f) pass per kept
+    sample), for the validation metric of the running posterior mean.
+    ``finalize()`` turns the store into the posterior mean's concatenated-factor
+    form: U = [P_1 ... P_S] / sqrt(S), V = [Q_1 ... Q_S] / sqrt(S), so that
+    U V^T = mean_s P_s Q_s^T exactly (up to float32 rounding).
+    """
+
+    def __init__(self, m: int, n: int, f: int, use_bias: bool, max_samples: int):
+        self.m, self.n, self.f = int(m), int(n), int(f)
+        self.use_bias = bool(use_bias)
+        self.cap = int(max_samples)
+        self.count = 0  # samples held
+        self.offered = 0  # samples offered (after burn-in and thinning)
+        self.stride = 1
+        self.epochs: list = []  # the trainer epoch of each held sample
+        self._P = self._Q = self._bu = self._bi = None
+        self._rows = self._cols = self._tsum = None
+        self.finalized = False
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self._P, self._Q, self._bu, self._bi) if a is not None)
+
+    def _alloc(self):
+        # np.empty: pages are committed as samples are written
+        cap = self.cap
+        self._P = np.empty((self.m, cap, self.f), dtype=np.float32)
+        self._Q = np.empty((self.n, cap, self.f), dtype=np.float32)
+        nb = (self.m, self.n) if self.use_bias else (0, 0)
+        self._bu = np.empty((cap, nb[0]), dtype=np.float32)
+        self._bi = np.empty((cap, nb[1]), dtype=np.float32)
+
+    def offer(self, bu, bi, P, Q, epoch: int) -> bool:
+        """Keep this sample if the thinning stride says so; returns whether it was kept."""
+        if self.finalized:
+            raise RuntimeError("PosteriorSamples.offer after finalize()")
+        t = self.offered
+        self.offered += 1
+        if t % self.stride:
+            return False
+        if self._P is None:
+            self._alloc()
+        if self.count == self.cap:
+            self._compact()
+            if t % self.stride:
+                return False
+        from ..kernels.gibbs import store_slot
+
+        s = self.count
+        store_slot(self._P, s, np.ascontiguousarray(P, dtype=np.float32))
+        store_slot(self._Q, s, np.ascontiguousarray(Q, dtype=np.float32))
+        if self.use_bias:
+            self._bu[s] = bu
+            self._bi[s] = bi
+        self.count += 1
+        self.epochs.append(int(epoch))
+        if self._tsum is not None:
+            from ..kernels.gibbs import add_pair_dots
+
+            add_pair_dots(self._rows, self._cols, self._P[:, s, :], self._Q[:, s, :], 1.0, self._tsum)
+        return True
+
+    def _compact(self):
+        keep = list(range(0, self.count, 2))
+        for j, src in enumerate(keep):
+            if j != src:  # src = 2 j > j: a forward copy never overwrites an unread sample
+                self._P[:, j, :] = self._P[:, src, :]
+                self._Q[:, j, :] = self._Q[:, src, :]
+                self._bu[j] = self._bu[src]
+                self._bi[j] = self._bi[src]
+        self.epochs = [self.epochs[s] for s in keep]
+        self.count = len(keep)
+        self.stride *= 2
+        self._retrack()
+
+    def truncate(self, upto_epoch: int) -> None:
+        """Drop the samples kept after trainer epoch ``upto_epoch`` (early stopping's best epoch)."""
+        keep = sum(1 for e in self.epochs if e <= upto_epoch)
+        if keep < self.count:
+            self.count = keep
+            self.epochs = self.epochs[:keep]
+            self._retrack()
+
+    # ---------------------------------------------------------- tracked pairs
+    def track(self, rows, cols) -> None:
+        """Maintain the running mean of p_u . q_i over the kept samples on these pairs."""
+        self._rows = np.ascontiguousarray(rows, dtype=np.int64)
+        self._cols = np.ascontiguousarray(cols, dtype=np.int64)
+        if len(self._rows) and (self._rows.min() < 0 or self._rows.max() >= self.m or self._cols.min() < 0
+                                or self._cols.max() >= self.n):
+            raise ValueError("tracked pairs must be valid (row, column) indices of the training data")
+        self._retrack()
+
+    def _retrack(self):
+        if self._rows is None:
+            return
+        from ..kernels.gibbs import add_pair_dots
+
+        self._tsum = np.zeros(len(self._rows), dtype=np.float64)
+        for s in range(self.count):
+            add_pair_dots(self._rows, self._cols, self._P[:, s, :], self._Q[:, s, :], 1.0, self._tsum)
+
+    def tracked_dot_mean(self) -> np.ndarray:
+        """Mean over the kept samples of p_u . q_i on the tracked pairs (float64)."""
+        if self._tsum is None or self.count == 0:
+            raise RuntimeError("no tracked pairs or no kept sample")
+        return self._tsum / self.count
+
+    # -------------------------------------------------------------- results
+    def mean_biases(self):
+        """(mean b_u, mean b_i) over the kept samples (float32; empty without biases)."""
+        S = self.count
+        if not self.use_bias or S == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32)
+        return (self._bu[:S].mean(axis=0, dtype=np.float64).astype(np.float32),
+                self._bi[:S].mean(axis=0, dtype=np.float64).astype(np.float32))
+
+    def finalize(self):
+        """``(bu_mean, bi_mean, U, V)``: the posterior mean in concatenated-factor form (see the
+        class docstring).  U and V are views into the store (scaled in place, no copy); no
+        sample can be offered afterwards.  Returns None when no sample was kept."""
+        S = self.count
+        if S == 0:
+            return None
+        bu, bi = self.mean_biases()
+        scale = np.float32(1.0 / math.sqrt(S))
+        U = self._P.reshape(self.m, self.cap * self.f)[:, :S * self.f]
+        V = self._Q.reshape(self.n, self.cap * self.f)[:, :S * self.f]
+        U *= scale
+        V *= scale
+        self.finalized = True
+        self._rows = self._cols = self._tsum = None
+        return bu, bi, U, V
+
+
+# ------------------------------------------------------------------ the sampler
+@register("gibbs")
+class GibbsSampler(Optimizer):
+    """Gibbs sampler of the Bayesian LF model; one epoch = one sweep (see the module docstring).
+
+    Parameters
+    ----------
+    burn_in : Gibbs sweeps discarded after the warm start (default 0: the warm
+        start already puts the chain in the posterior's bulk; on ML-1M keeping
+        every sweep after it gave the lowest validation RMSE).
+    prior : ``"normal-wishart"`` (BPMF, the default) or ``"normal-gamma"`` (myFM).
+    warm_start : number of ALS sweeps run first (epochs 1..warm_start) with a
+        count-weighted ridge ``warm_lambda``; 0 starts the chain at the trainer's
+        initial parameters (and then needs a long burn-in).
+    thin : keep every ``thin``-th sweep after burn-in.
+    max_samples : at most this many samples are held; beyond it the kept
+        samples are thinned evenly (:class:`PosteriorSamples`).  Memory:
+        max_samples (m + n) rank float32; ML-1M rank 32: 1.25 MB a sample, 250 MB
+        at the default 200.
+    warm_lambda : the warm start's ridge (row u: warm_lambda n_u); default: the
+        variance of the ratings around the bias-only fit divided by 10 (0.06 on
+        standardized ML-1M).
+    rao_blackwell : average, for each kept sweep, the users' conditional means
+        E[p_u, b_u | Q, b_i] with the item factors they were drawn given, instead
+        of the users' draws: the same posterior mean with less Monte-Carlo noise
+        (ML-1M rank 32, normal-gamma prior, 100 samples: test RMSE 0.8331 against
+        0.8337).
+    seed : seeds every draw; the chain is the same whatever the thread count.
+
+    ``epoch`` writes the current sample into ``y`` and returns ``alpha`` (the
+    sampled noise precision), ``kept`` (samples held), ``sampling`` (1 for a
+    Gibbs sweep, 0 for a warm-start ALS sweep) and ``train_loss`` (the objective
+    at the sample, from the residuals the sweep computed).  The kept samples are
+    :attr:`samples`.
+    """
+
+    name = "gibbs"
+    requires = ("als_sweep", "row_blocks")
+    has_gradient_step = False
+    is_sampler = True
+    divergence_advice = "Check the data (a Gibbs sweep has no step size)."
+
+    def __init__(self, burn_in: int = 0, prior: str = "normal-wishart", warm_start: int = 5, thin: int = 1,
+                 max_samples: int = 200, warm_lambda: float | None = None, rao_blackwell: bool = True,
+                 seed: int = 0):
+        super().__init__(seed)
+        self.burn_in = _count("burn_in", burn_in, 0)
+        if not isinstance(prior, str) or prior.lower() not in PRIORS:
+            raise ConfigError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
+        self.prior = prior.lower()
+        self.warm_start = _count("warm_start", warm_start, 0)
+        self.thin = _count("thin", thin, 1)
+        self.max_samples = _count("max_samples", max_samples, 1)
+        if warm_lambda is not None and (isinstance(warm_lambda, bool) or not isinstance(warm_lambda, Real)
+                                        or not np.isfinite(warm_lambda) or warm_lambda <= 0):
+            raise ConfigError(f"warm_lambda must be a finite number > 0, got {warm_lambda!r}")
+        self.warm_lambda = None if warm_lambda is None else float(warm_lambda)
+        if not isinstance(rao_blackwell, (bool, np.bool_)):
+            raise ConfigError(f"rao_blackwell must be True or False, got {rao_blackwell!r}")
+        self.rao_blackwell = bool(rao_blackwell)
+        self._st = None
+        self._samples = None
+
+    # ---------------------------------------------------------------- setup
+    def check(self, obj) -> None:
+        super().check(obj)
+        layout = getattr(obj, "layout", None)
+        if (getattr(obj, "train", None) is None or layout is None or tuple(layout.names) != ("b_u", "b_i", "P", "Q")
+                or not hasattr(obj, "mu") or not hasattr(obj, "use_bias")):
+            raise ConfigError(f"optimizer 'gibbs' samples the LF rating model (b_u, b_i, P, Q); "
+                              f"objective {getattr(obj, 'name', type(obj).__name__)!r} is not one")
+
+    @property
+    def samples(self) -> PosteriorSamples | None:
+        """The kept samples (None before the first epoch)."""
+        return self._samples
+
+    @property
+    def kept(self) -> int:
+        return 0 if self._samples is None else self._samples.count
+
+    def _start(self, obj, y):
+        train = obj.train
+        m, n = train.shape
+        bu, bi, P, Q = (np.array(a, dtype=np.float32) for a in obj.layout.unpack(obj.backend.to_numpy(y)))
+        f = P.shape[1]
+        use_bias = bool(obj.use_bias)
+        csr, csc = train.csr, train.csc
+        mu = np.float32(obj.mu)
+        st = dict(m=m, n=n, f=f, g=f + 1 if use_bias else f, use_bias=use_bias, mu=mu, csr=csr, csc=csc, nnz=train.nnz,
+                  bu=bu, bi=bi, P=P, Q=Q, sweep=0, alpha=None, sse=None,
+                  sse_u=np.zeros(_N_CHUNKS), sse_i=np.zeros(_N_CHUNKS),
+                  hyper={"P": np.zeros(f), "Q": np.zeros(f), "bu": np.zeros(1), "bi": np.zeros(1)})
+        if self.warm_start:
+            lam = self.warm_lambda
+            if lam is None:
+                lam = _bias_residual_variance(train, obj.mu if use_bias else 0.0, use_bias) / 10.0
+            st["warm_lambda"] = lam
+            # unit-scale factors, so that the first ridge solves (ridge lam n_u against a Gram of
+            # about n_u) cannot shrink them to the zero saddle
+            rng = np.random.default_rng([self.seed, 11])
+            P[:] = rng.standard_normal(P.shape)
+            Q[:] = rng.standard_normal(Q.shape)
+        self._st = st
+        self._samples = PosteriorSamples(m, n, f, use_bias, self.max_samples)
+        return st
+
+    # ---------------------------------------------------------------- sweeps
+    def _ridge_sweep(self, st):
+        """One ALS sweep (exact ridge solves, count-weighted ridge warm_lambda n_u): the warm start."""
+        from ..kernels.gibbs import sample_side
+
+        lam, mu, use_bias, g = float(st["warm_lambda"]), st["mu"], st["use_bias"], st["g"]
+        zero_prec, zero_lin = np.zeros((g, g)), np.zeros(g)
+        none2, none1 = np.empty((0, st["f"]), np.float32), np.empty(0, np.float32)
+        for view, X, b_self, Y, b_other, out in ((st["csr"], st["P"], st["bu"], st["Q"], st["bi"], st["sse_u"]),
+                                                  (st["csc"], st["Q"], st["bi"], st["P"], st["bu"], st["sse_i"])):
+            sample_side(view.indptr, view.indices, view.data, mu, b_other, Y, use_bias, 1.0, zero_prec, zero_lin,
+                        lam, lam, np.uint64(0), False, _N_CHUNKS, X, b_self, out, none2, none1)
+        st["sse"] = float(st["sse_i"].sum())
+
+    def _gibbs_sweep(self, st, keep: bool, epoch: int):
+        """One sweep: alpha, the hyper-parameters, all users, all items.  With ``keep``, the sweep's
+        sample is offered to the store (Rao-Blackwellized: the users' conditional means with the
+        item factors they were drawn given)."""
+        from ..kernels.gibbs import sample_side
+
+        sweep = st["sweep"]
+        rng = np.random.default_rng([self.seed, sweep, 7])
+        if st["sse"] is None:
+            st["sse"] = _sse(st)
+        st["alpha"] = float(rng.gamma((1.0 + st["nnz"]) / 2.0, 2.0 / (1.0 + st["sse"])))
+        prec_u, lin_u = self._side_prior(rng, st, "P", "bu")
+        prec_i, lin_i = self._side_prior(rng, st, "Q", "bi")
+        alpha, mu, use_bias = st["alpha"], st["mu"], st["use_bias"]
+        csr, csc = st["csr"], st["csc"]
+        rb = keep and self.rao_blackwell
+        if rb and "Pm" not in st:
+            st["Pm"], st["bum"] = np.empty_like(st["P"]), np.empty_like(st["bu"])
+        none2, none1 = np.empty((0, st["f"]), np.float32), np.empty(0, np.float32)
+        sample_side(csr.indptr, csr.indices, csr.data, mu, st["bi"], st["Q"], use_bias, alpha, prec_u, lin_u, 0.0,
+                    0.0, _stream_seed(self.seed, sweep, 0), True, _N_CHUNKS, st["P"], st["bu"], st["sse_u"],
+                    st["Pm"] if rb else none2, st["bum"] if rb else none1)
+        if rb:  # E[p_u | Q] with the Q it was drawn given
+            self._samples.offer(st["bum"], st["bi"], st["Pm"], st["Q"], epoch)
+        sample_side(csc.indptr, csc.indices, csc.data, mu, st["bu"], st["P"], use_bias, alpha, prec_i, lin_i, 0.0,
+                    0.0, _stream_seed(self.seed, sweep, 1), True, _N_CHUNKS, st["Q"], st["bi"], st["sse_i"], none2,
+                    none1)
+        if keep and not rb:
+            self._samples.offer(st["bu"], st["bi"], st["P"], st["Q"], epoch)
+        st["sse"] = float(st["sse_i"].sum())
+
+    def _side_prior(self, rng, st, name, bname):
+        """The prior precision (g x g) and linear term (g) shared by one side's rows, its
+        hyper-parameters drawn given the current rows."""
+        X, f, use_bias = st[name], st["f"], st["use_bias"]
+        if self.prior == "normal-wishart":
+            # one g-dimensional Normal-Wishart on the whole row (p_u, b_u): the prior learns how the
+            # bias goes with the factors (ML-1M rank 32, 100 sweeps, validation split: RMSE 0.8373,
+            # against 0.8378 with a separate normal-gamma prior on the biases)
+            from ..kernels.gibbs import row_scatter
+
+            g = st["g"]
+            xsum, xxT = np.empty(g), np.empty((g, g))
+            row_scatter(X, st[bname], use_bias, _N_CHUNKS, xsum, xxT)
+            Lam, mu = sample_normal_wishart_stats(rng, X.shape[0], xsum, xxT)
+            return Lam, Lam @ mu
+        hyper = st["hyper"]
+        lam, mu = sample_normal_gamma(rng, X, hyper[name])
+        hyper[name] = mu
+        if use_bias:
+            lam_b, mu_b = sample_normal_gamma(rng, st[bname][:, None], hyper[bname])
+            hyper[bname] = mu_b
+            lam, mu = np.append(lam, lam_b), np.append(mu, mu_b)
+        return np.diag(lam), lam * mu
+
+    def epoch(self, obj, y, epoch: int) -> dict[str, Any]:
+        self._ensure_checked(obj)
+        st = self._st if self._st is not None else self._start(obj, y)
+        if st["sweep"] < self.warm_start:
+            self._ridge_sweep(st)
+            info = {"sampling": 0, "kept": self.kept}
+        else:
+            after = st["sweep"] - self.warm_start - self.burn_in
+            self._gibbs_sweep(st, after >= 0 and after % self.thin == 0, epoch)
+            info = {"sampling": 1, "kept": self.kept, "alpha": st["alpha"]}
+        st["sweep"] += 1
+        _write(obj, y, st)
+        if hasattr(obj, "penalty") and hasattr(obj, "last_sse"):
+            # the sweep already has the residuals of the new values: spare the trainer a loss() sweep
+            obj.last_sse = st["sse"]
+            info["train_loss"] = 0.5 * st["sse"] + obj.penalty(y)
+        return info
+
+
+# -------------------------------------------------------------------- helpers
+def _write(obj, y, st):
+    bu, bi, P, Q = obj.layout.unpack(y)
+    be = obj.backend
+    if be.name == "numba":
+        P[...] = st["P"]
+        Q[...] = st["Q"]
+        if st["use_bias"]:
+            bu[...] = st["bu"]
+            bi[...] = st["bi"]
+        return
+    flat = np.concatenate([st["bu"].ravel(), st["bi"].ravel(), st["P"].ravel(), st["Q"].ravel()])
+    y[:] = be.asarray(flat)
+
+
+def _sse(st) -> float:
+    from ..kernels.gibbs import add_pair_dots
+
+    csr = st["csr"]
+    rows = np.repeat(np.arange(st["m"], dtype=np.int64), np.diff(csr.indptr))
+    cols = csr.indices.astype(np.int64)
+    pred = np.zeros(len(rows))
+    add_pair_dots(rows, cols, st["P"], st["Q"], 1.0, pred)
+    pred += st["mu"]
+    if st["use_bias"]:
+        pred += st["bu"][rows] + st["bi"][cols]
+    return float(((csr.data - pred) ** 2).sum())
+
+
+def _bias_residual_variance(train, mu, use_bias) -> float:
+    """Variance of the ratings around mu + b_u + b_i (a few damped alternating passes)."""
+    r = train.values.astype(np.float64) - mu
+    if not use_bias:
+        return float(np.mean(r ** 2))
+    u, i = train.users, train.items
+    m, n = train.shape
+    cu, ci = np.bincount(u, minlength=m), np.bincount(i, minlength=n)
+    bu, bi = np.zeros(m), np.zeros(n)
+    for _ in range(3):
+        bi = np.bincount(i, r - bu[u], n) / (ci + 5.0)
+        bu = np.bincount(u, r - bi[i], m) / (cu + 5.0)
+    return float(np.mean((r - bu[u] - bi[i]) ** 2))
