@@ -60,6 +60,11 @@ class Trainer:
     good parameters kept (``TrainResult.stopped == "diverged"``).
     ``callback(y, row)`` runs after every epoch with the epoch's history row
     (which it may extend); the estimators wrap it as ``callback(model, row)``.
+    An objective with ``after_epoch(y, optimizer, epoch) -> dict`` has it called
+    after every (non-diverged) optimizer epoch, before the validation score and
+    the snapshots of ``extra_state`` (e.g. a learned regularizer's Lambda step,
+    :class:`lfopt.regularizers.LearnedL2`); its numbers join the history row and
+    its time counts as training time.
     ``time_budget`` (seconds, None: none) stops training before an epoch that would
     end past the budget, judged by the longest epoch so far (evaluation included).
     """
@@ -103,6 +108,7 @@ class Trainer:
     def run(self, objective, optimizer, y, evaluate: Callable | None = None) -> TrainResult:
         bk = objective.backend
         extra_state = objective.extra_state
+        hook = getattr(objective, "after_epoch", None)
         if hasattr(optimizer, "check"):
             optimizer.check(objective)
         res = TrainResult(metric=self.metric if evaluate is not None else "")
@@ -149,6 +155,14 @@ class Trainer:
                 res.history.append(row)
                 self._say(res.message)
                 break
+            if hook is not None:
+                # the objective's own per-epoch step (e.g. a learned regularizer's Lambda);
+                # counted as training time, its numbers go into the history row
+                t2 = time.perf_counter()
+                info.update(hook(y, optimizer, epoch) or {})
+                hook_seconds = time.perf_counter() - t2
+                elapsed += hook_seconds
+                row.update(seconds=elapsed, epoch_seconds=step_seconds + hook_seconds, hook_seconds=hook_seconds)
             last_good[:] = y
             last_extra = _copy_state(extra_state())
             row.update(objective.train_metrics(y, loss))
