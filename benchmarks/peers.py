@@ -52,6 +52,20 @@ Caveats, from reading the peers' sources:
 * Surprise ``SVD``: plain SGD with biases, per-visit regularization, init N(0, 0.1),
   visits ratings grouped by user each epoch, single-threaded.  Its defaults are
   ``n_epochs=20, lr_all=0.005, reg_all=0.02``.
+
+``run_myfm(train, test, rank, n_iter, seed)`` has its own signature (a Bayesian model
+has no learning rate, epochs or lambda to pass): ``train``/``test`` are lfopt
+``Interactions`` in one index space (e.g. the parts of ``lfopt.random_split``) or
+``(users, items, ratings)`` triples of 0-based indices.  It returns the same dict.
+
+* myFM ``MyFMGibbsRegressor``: Bayesian factorization machine by Gibbs sampling
+  (METHODS.md section 5c) on the one-hot (user, item) design, with one hyper-prior
+  group for the user columns and one for the item columns (``grouping``), as myFM's
+  MovieLens example does; ``n_iter`` sweeps, the prediction is the mean over the last
+  ``n_kept`` samples (myFM's default: ``n_iter - 5``).  ``seconds`` is the sampling
+  (``fit``) time; the prediction sums over the kept samples and is timed apart
+  (``predict_seconds``).  myFM 0.4.0 imports ``pkg_resources`` (gone from setuptools
+  >= 81) without using it; a stub is put in its place when it is missing.
 """
 
 from __future__ import annotations
@@ -66,7 +80,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["PeerUnavailable", "PEERS", "run_cornac_mf", "run_libmf", "run_surprise_svd"]
+__all__ = ["PeerUnavailable", "PEERS", "run_cornac_mf", "run_libmf", "run_surprise_svd", "run_myfm"]
 
 
 class PeerUnavailable(ImportError):
@@ -289,6 +303,80 @@ def run_surprise_svd(train_u, train_i, train_r, test_u, test_i, test_r, rank=100
                                fallback=float(tr.mean()))
     return _result("Surprise SVD", "scikit-surprise", pred, sr, rating_range, seconds, epochs,
                    n_unknown, use_bias=use_bias, threads=1)
+
+
+def _stub_pkg_resources():
+    """myFM 0.4.0 imports pkg_resources (removed from setuptools 81) and never uses it."""
+    import sys
+    import types
+
+    try:
+        importlib.import_module("pkg_resources")
+    except ImportError:
+        stub = types.ModuleType("pkg_resources")
+
+        class DistributionNotFound(Exception):
+            pass
+
+        def get_distribution(name):
+            raise DistributionNotFound(name)
+
+        stub.DistributionNotFound, stub.get_distribution = DistributionNotFound, get_distribution
+        sys.modules["pkg_resources"] = stub
+
+
+def _triples(data):
+    """(users, items, ratings) of an lfopt Interactions or of a triple of arrays."""
+    if hasattr(data, "users") and hasattr(data, "values"):
+        return (np.asarray(data.users, np.int64), np.asarray(data.items, np.int64),
+                np.asarray(data.values, np.float64))
+    u, i, r = data
+    return np.asarray(u, np.int64), np.asarray(i, np.int64), np.asarray(r, np.float64)
+
+
+def run_myfm(train, test, rank=10, n_iter=200, seed=42, rating_range=None, n_kept=None, threads=None,
+             grouping=True):
+    """Bayesian MF by Gibbs sampling with myFM; ``train``/``test``: Interactions or index triples.
+
+    ``rating_range`` (default: the training ratings' min and max) clips the
+    predictions; ``n_kept`` samples are averaged (None: myFM's ``n_iter - 5``);
+    ``threads`` is the number of prediction workers (sampling is myFM's own);
+    ``grouping`` gives the user and the item columns separate hyper-priors (False:
+    one shared group).
+    """
+    _stub_pkg_resources()
+    myfm = _require("myfm", "myfm")
+    import scipy.sparse as sp
+
+    tu, ti, tr = _triples(train)
+    su, si, sr = _triples(test)
+    m = int(max(tu.max(), su.max())) + 1
+    n = int(max(ti.max(), si.max())) + 1
+    if hasattr(train, "shape"):
+        m, n = max(m, train.shape[0]), max(n, train.shape[1])
+    seen_u = np.bincount(tu, minlength=m) > 0
+    seen_i = np.bincount(ti, minlength=n) > 0
+
+    def design(u, i):
+        rows = np.repeat(np.arange(len(u)), 2)
+        cols = np.column_stack([u, m + i]).ravel()
+        return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(u), m + n))
+
+    rating_range = tuple(rating_range) if rating_range is not None else (float(tr.min()), float(tr.max()))
+    model = myfm.MyFMGibbsRegressor(rank=rank, random_seed=seed)
+    X = design(tu, ti)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stderr(io.StringIO()):  # myFM always draws a tqdm progress bar
+        model.fit(X, tr, n_iter=n_iter, n_kept_samples=n_kept, grouping=[0] * m + [1] * n if grouping else None,
+                  callback=lambda *args: (False, None))
+    seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred = model.predict(design(su, si), n_workers=threads)
+    predict_seconds = time.perf_counter() - t0
+    n_unknown = int((~(seen_u[su] & seen_i[si])).sum())
+    return _result("myFM", "myfm", pred, sr.astype(np.float32), rating_range, seconds, n_iter, n_unknown,
+                   rank=rank, n_kept=n_kept if n_kept is not None else n_iter - 5,
+                   predict_seconds=predict_seconds, threads=threads)
 
 
 PEERS = {"cornac": run_cornac_mf, "libmf": run_libmf, "surprise": run_surprise_svd}

@@ -33,12 +33,12 @@ from .data.split import (  # noqa: E402
 )
 from .data.synthetic import synthetic  # noqa: E402
 from .errors import ConfigError, DataError, DivergenceError, LfoptError, ModelFileError  # noqa: E402
-from .estimators import BPRMF, LatentFactorModel, Recommender, load  # noqa: E402
+from .estimators import BPRMF, BiasBaseline, LatentFactorModel, Recommender, load  # noqa: E402
 from .ranking import grid_search, implicit_split, to_implicit  # noqa: E402
 
 __all__ = [
     "Interactions", "load_data", "synthetic", "random_split", "train_valid_test_split", "kfold",
     "per_user_split", "fixed_split", "k_core", "LatentFactorModel", "load", "LfoptError", "DataError",
-    "ConfigError", "ModelFileError", "DivergenceError", "BPRMF", "Recommender", "implicit_split", "to_implicit", "grid_search",
+    "ConfigError", "ModelFileError", "DivergenceError", "BPRMF", "BiasBaseline", "Recommender", "implicit_split", "to_implicit", "grid_search",
     "__version__",
 ]

@@ -1,8 +1,9 @@
 """The estimators: one :class:`Recommender` base and the models built on it."""
 
 from .base import MODEL_CLASSES, Recommender, as_interactions
+from .baseline import BiasBaseline
 from .bpr import BPRMF
 from .io import load_model as load
 from .lf import LatentFactorModel
 
-__all__ = ["Recommender", "LatentFactorModel", "BPRMF", "load", "as_interactions", "MODEL_CLASSES"]
+__all__ = ["Recommender", "LatentFactorModel", "BPRMF", "BiasBaseline", "load", "as_interactions", "MODEL_CLASSES"]
