@@ -99,6 +99,18 @@ class TestTrain:
         stdout = capsys.readouterr().out
         assert f"test RMSE {res['test_rmse']:.4f}" in stdout
 
+    def test_preset_accurate_averages_samples_within_the_budget(self, trained, tmp_path, capsys):
+        out = tmp_path / "acc.json"
+        args = ["train", "--data", str(trained["data"]), "--rank", "3", "--preset", "accurate",
+                "--time-budget", "1.5", "--output", str(out), "--quiet"]
+        assert main(args) == 0
+        res = json.loads(out.read_text())
+        assert res["stopped"] == "time_budget" and res["options"]["optimizer"] == "gibbs"
+        assert res["n_valid"] == 0 and res["train_seconds"] < 10
+        assert "preset accurate" in capsys.readouterr().out
+        # the posterior mean beats the no-option model's point estimate on this noisy low-rank file
+        assert res["test_rmse"] < json.loads(trained["results"].read_text())["test_rmse"]
+
     def test_results_of_a_file(self, trained):
         res = json.loads(trained["results"].read_text())
         assert RESULT_KEYS <= set(res)

@@ -43,6 +43,11 @@ def add_model_options(p) -> None:
                    help="count-weighted L2 of the biases (default: the model's)")
     g.add_argument("--lambda0-bias", dest="lam0_b", type=float, default=None,
                    help="constant part of each row's bias penalty (default: the model's)")
+    g.add_argument("--preset", choices=("accurate",), default=None,
+                   help="accurate: Bayesian averaging (Gibbs sampling warm-started by ALS) on all the training data, "
+                   "until --time-budget is spent (default: none)")
+    g.add_argument("--time-budget", dest="time_budget", type=float, default=None, metavar="SECONDS",
+                   help="stop training before an epoch would end past this many seconds (default: no limit)")
     g.add_argument("--granularity", choices=("global", "D", "DU", "DI", "DUI"), default=None,
                    help="with --lambda learn: one lambda for all, per dimension, per (user|item, dimension)")
     g.add_argument("--no-bias", action="store_true", help="the plain model r = p.q (no mean and biases)")
@@ -99,7 +104,7 @@ def _lambda(text: str):
 
 
 def build_model(args, rank: int) -> LatentFactorModel:
-    given = {k: getattr(args, k) for k in ("lam", "lam0", "lam_b", "lam0_b", "granularity")
+    given = {k: getattr(args, k) for k in ("lam", "lam0", "lam_b", "lam0_b", "granularity", "preset", "time_budget")
              if getattr(args, k, None) is not None}
     if args.optimizer is not None:
         given["optimizer"] = args.optimizer
@@ -134,7 +139,7 @@ def run(args) -> int:
         "epochs": len(res.history), "best_epoch": res.best_epoch or len(res.history), "stopped": res.stopped,
         "train_seconds": seconds, "seconds_per_epoch": seconds / max(1, len(res.history)),
         "peak_memory_mb": peak_memory_mb(),
-        "options": {k: v for k, v in vars(args).items() if not k.startswith("_")} | {"rank": rank, "optimizer": model.optimizer,
+        "options": {k: v for k, v in vars(args).items() if not k.startswith("_")} | {"rank": rank, "optimizer": model.optimizer_.name,
                                                                                 "lambda": model.lam, "lambda0": model.lam0},
         "history": res.history,
     }
@@ -144,9 +149,10 @@ def run(args) -> int:
     if res.message:
         summary["message"] = res.message
     lines = [
-        f"optimizer {model.optimizer}, rank {rank}, lambda {model.lam} (+ {model.lam0} per row): "
-        f"{summary['epochs']} epochs "
-        f"({res.stopped}) in {seconds:.2f} s",
+        (f"optimizer gibbs (preset accurate, {model.n_samples_} samples averaged), rank {rank}: "
+         if model.preset == "accurate" else
+         f"optimizer {model.optimizer}, rank {rank}, lambda {model.lam} (+ {model.lam0} per row): ")
+        + f"{summary['epochs']} epochs ({res.stopped}) in {seconds:.2f} s",
         f"test RMSE {scores['rmse']:.4f}  MAE {scores['mae']:.4f}  on {test.nnz} ratings"
         + (f" ({scores['n_unseen']} with unseen user/item, predicted from biases)" if scores["n_unseen"] else ""),
     ]
