@@ -91,7 +91,7 @@ class LatentFactorModel(Recommender):
                  lam_b: float | None = 0.0, lam0: float = 6.0, lam0_b: float | None = 3.0, use_bias: bool = True,
                  init_scale: float = 0.1, seed: int = 0, patience: int | None = 5,
                  validation: float | None = 0.1, refit: bool = True, standardize: bool = True,
-                 granularity: str = "DUI", preset: str | None = None, time_budget: float | None = None,
+                 granularity: str = "global", preset: str | None = None, time_budget: float | None = None,
                  verbose: bool = False,
                  backend: str = "numba", device: str | None = None, **optimizer_options):
         self.rank = rank
