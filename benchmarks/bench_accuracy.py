@@ -70,7 +70,7 @@ def _lfopt_row(make):
         if isinstance(model, lfopt.LatentFactorModel) and hist:
             valid = "valid_rmse" in hist[-1]
             note = (f"{len(hist)} epochs, stopped: {model.stopped_}, "
-                    f"{'early-stopped on its own validation' if valid else 'no validation'}")
+                    f"validation: {'carved by fit' if valid else 'none'}")
         elif isinstance(model, lfopt.BiasBaseline):
             note = f"lam_u {model.lam_u_:g}, lam_i {model.lam_i_:g}"
         return {"rmse": score["rmse"], "mae": score["mae"], "seconds": seconds, "note": note}

@@ -79,8 +79,8 @@ def _pinned():
 def fit(optimizer, lam1, lam0, train, valid=None, epochs=None):
     max_epochs, options = SETTINGS[optimizer]
     model = lfopt.LatentFactorModel(rank=RANK, optimizer=optimizer, epochs=epochs or max_epochs, lam=lam1,
-                                    lam0=lam0, seed=SEED, patience=PATIENCE if valid is not None else None,
-                                    **_pinned(), **options)
+                                    lam0=lam0, lam_b=lam1, lam0_b=lam0, init_scale=0.1, use_bias=True, seed=SEED,
+                                    patience=PATIENCE if valid is not None else None, **_pinned(), **options)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
