@@ -20,7 +20,8 @@ sum t^2 at once; it is computed by a register-tiled SYRK (4 x 4 tiles of the upp
 block triangle, the entry loop vectorized; 25-40 GFMA/s on one core here), about
 twice the speed of accumulating rank-one updates.  The Cholesky factors and
 triangular solves run LANES rows at a time, interleaved so that every scalar step
-is a vector step across rows.  Each row draws its normals from its own
+is a vector step across rows (the one-row reference :func:`row_posterior` uses
+ALS's :func:`~lfopt.kernels.lf.cholesky_factor`).  Each row draws its normals from its own
 counter-based stream (splitmix64 of (seed, row), Box-Muller), so a sweep is
 deterministic given the seed, whatever the thread schedule.
 
@@ -32,6 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+
+from .lf import chol_solve_factored, cholesky_factor
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 
@@ -136,48 +139,6 @@ def syrk_upper(Zt, n, G):
             G[d0 + 3, e0 + 1] = s31
             G[d0 + 3, e0 + 2] = s32
             G[d0 + 3, e0 + 3] = s33
-
-
-@njit(**_JIT)
-def cholesky_lower(A, g):
-    """Overwrite the lower triangle of A[:g, :g] (float64, symmetric positive definite; only
-    the lower triangle is read) with its Cholesky factor L, A = L L^T.
-
-    Row-oriented (Cholesky-Banachiewicz): every inner product runs over two
-    contiguous row prefixes.  A non-positive pivot (lost definiteness) is set to
-    1e-12 times the diagonal's scale instead of failing.
-    """
-    for i in range(g):
-        for j in range(i + 1):
-            s = A[i, j]
-            for k in range(j):
-                s -= A[i, k] * A[j, k]
-            if i == j:
-                if s <= 0.0:
-                    s = 1e-12 * (abs(A[i, i]) + 1e-300)
-                A[i, i] = np.sqrt(s)
-            else:
-                A[i, j] = s / A[j, j]
-
-
-@njit(**_JIT)
-def solve_lower(L, b, g):
-    """b <- L^-1 b (forward substitution, L lower triangular in L[:g, :g])."""
-    for i in range(g):
-        s = b[i]
-        for k in range(i):
-            s -= L[i, k] * b[k]
-        b[i] = s / L[i, i]
-
-
-@njit(**_JIT)
-def solve_lower_t(L, b, g):
-    """b <- L^-T b (back substitution with L^T, reading L by rows)."""
-    for i in range(g - 1, -1, -1):
-        x = b[i] / L[i, i]
-        b[i] = x
-        for k in range(i):
-            b[k] -= L[i, k] * x
 
 
 # ----------------------------------------------------------------- one side
@@ -395,9 +356,8 @@ def row_posterior(indptr, indices, data, mu, b_other, Y, use_bias, alpha, prec, 
         for e in range(d + 1):
             A[d, e] = alpha * np.float64(G[e, d]) + prec[d, e]
         h[d] = alpha * np.float64(G[d, g]) + lin[d]
-    cholesky_lower(A, g)
-    solve_lower(A, h, g)
-    solve_lower_t(A, h, g)
+    cholesky_factor(A, g)
+    chol_solve_factored(A, g, h)
     return h, A
 
 
