@@ -40,49 +40,9 @@ _JIT = dict(cache=True, fastmath=True, nogil=True)
 
 
 # ------------------------------------------- the former kernels (reference copy)
-@njit(**_JIT)
-def _old_cholesky_solve(A, b):
-    n = A.shape[0]
-    for j in range(n):
-        s = A[j, j]
-        for k in range(j):
-            s -= A[k, j] * A[k, j]
-        if s <= 0.0:
-            s = 1e-12
-        d = np.sqrt(s)
-        A[j, j] = d
-        for i in range(j + 1, n):
-            t = A[j, i]
-            for k in range(j):
-                t -= A[k, j] * A[k, i]
-            A[j, i] = t / d
-    for i in range(n):
-        t = b[i]
-        for k in range(i):
-            t -= A[k, i] * b[k]
-        b[i] = t / A[i, i]
-    for i in range(n - 1, -1, -1):
-        t = b[i]
-        for k in range(i + 1, n):
-            t -= A[i, k] * b[k]
-        b[i] = t / A[i, i]
-
-
-@njit(**_JIT)
-def _old_row_gram(start, end, indices, Y, use_bias, G, z):
-    f = Y.shape[1]
-    g = G.shape[0]
-    G[:, :] = 0.0
-    for k in range(start, end):
-        i = indices[k]
-        for d in range(f):
-            z[d] = Y[i, d]
-        if use_bias:
-            z[f] = 1.0
-        for d in range(g):
-            zd = z[d]
-            for e in range(g):
-                G[d, e] += zd * z[e]
+# the former per-row Gram and Cholesky are kept in lfopt.kernels.lf (the tests' reference)
+_old_cholesky_solve = K.cholesky_solve
+_old_row_gram = K._row_gram
 
 
 @njit(parallel=True, **_JIT)
