@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 
 import lfopt
-from lfopt.results import check_writable, write_atomic
+from lfopt.results import write_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import PeerUnavailable, run_cornac_mf, run_myfm  # noqa: E402
-from rating_datasets import DATASETS, carve, load_split  # noqa: E402
+from rating_datasets import DATASETS, carve, claim_output, dataset_names, load_split  # noqa: E402
 
 SEED = 42
 LEARN_OPTIMIZERS = ("sgd", "adam", "adago", "als", "slf", "sslf")
@@ -207,15 +207,8 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/results/accuracy.md", help="Markdown table ('' to write none)")
     ap.add_argument("--force", action="store_true", help="replace an existing --out file")
     args = ap.parse_args(argv)
-    names = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    bad = [n for n in names if n not in DATASETS]
-    if bad:
-        ap.error(f"unknown dataset(s) {bad}; choose from {', '.join(DATASETS)}")
-    if args.out:
-        try:
-            check_writable(args.out, args.force)  # fail before the long run, not after
-        except FileExistsError:
-            ap.error(f"{args.out} exists; pass --force to replace it")
+    names = dataset_names(ap, args.datasets)
+    claim_output(ap, args.out, args.force)
 
     def log(text):
         print(text, flush=True)

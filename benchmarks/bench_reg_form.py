@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 
 import lfopt
-from lfopt.results import check_writable, write_atomic
+from lfopt.results import write_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rating_datasets import DATASETS, carve, load_split, mean_row_count  # noqa: E402
+from rating_datasets import DATASETS, carve, claim_output, dataset_names, load_split, mean_row_count  # noqa: E402
 
 RANK = 10
 SETTINGS = {  # optimizer: (max epochs, options)
@@ -210,16 +210,12 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/results/reg_form.md")
     ap.add_argument("--force", action="store_true", help="replace an existing --out file")
     args = ap.parse_args(argv)
-    names = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    names = dataset_names(ap, args.datasets)
     optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
-    bad = [n for n in names if n not in DATASETS] + [o for o in optimizers if o not in SETTINGS]
+    bad = [o for o in optimizers if o not in SETTINGS]
     if bad:
-        ap.error(f"unknown dataset/optimizer {bad}; datasets: {', '.join(DATASETS)}; optimizers: als, sgd")
-    if args.out:
-        try:
-            check_writable(args.out, args.force)  # fail before the long run, not after
-        except FileExistsError:
-            ap.error(f"{args.out} exists; pass --force to replace it")
+        ap.error(f"unknown optimizer(s) {bad}; choose from {', '.join(SETTINGS)}")
+    claim_output(ap, args.out, args.force)
 
     def log(text):
         print(text, flush=True)

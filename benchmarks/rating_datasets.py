@@ -42,6 +42,26 @@ def load_split(name: str, data_dir=DATA_DIR):
     return train, test, info
 
 
+def dataset_names(ap, text: str) -> list[str]:
+    """The comma-separated dataset names of a ``--datasets`` option (``ap.error`` on unknown ones)."""
+    names = [d.strip() for d in text.split(",") if d.strip()]
+    bad = [n for n in names if n not in DATASETS]
+    if bad:
+        ap.error(f"unknown dataset(s) {bad}; choose from {', '.join(DATASETS)}")
+    return names
+
+
+def claim_output(ap, path, force: bool) -> None:
+    """Fail before a long run, not after it, when ``path`` exists and ``--force`` was not given."""
+    from lfopt.results import check_writable
+
+    if path:
+        try:
+            check_writable(path, force)
+        except FileExistsError:
+            ap.error(f"{path} exists; pass --force to replace it")
+
+
 def carve(train, fraction: float = 0.1, seed: int = VALID_SEED):
     """``(inner, valid)``: the validation part carved from the training data."""
     return lfopt.random_split(train, fraction, seed=seed)
