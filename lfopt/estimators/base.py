@@ -476,3 +476,24 @@ def _same(a, b) -> bool:
         return bool(a == b) and type(a) is type(b)
     except (TypeError, ValueError):
         return a is b
+
+
+class RatingRecommender(Recommender):
+    """A model that predicts ratings: ``evaluate(test)`` scores RMSE/MAE of ``_predict_indices``
+    (which returns the clipped predictions and the mask of pairs predicted by a fallback)."""
+
+    def _predict_indices(self, rows, cols, clip: bool = True):  # pragma: no cover - per model
+        raise NotImplementedError
+
+    def _score_indices(self, rows, cols, truth, policy: str = "bias"):
+        from ..eval.metrics import rating_metrics
+
+        pred, unseen = self._predict_indices(rows, cols)
+        return rating_metrics(pred, truth, unseen, policy)
+
+    def _evaluate_rating(self, test: Interactions, unseen: str) -> dict:
+        if same_index_space(test, self.user_ids_, self.item_ids_):
+            rows, cols = test.users, test.items
+        else:
+            rows, cols = self._user_rows(test.user_ids[test.users]), self._item_cols(test.item_ids[test.items])
+        return self._score_indices(rows, cols, test.values, unseen)

@@ -32,8 +32,7 @@ from numba import njit, prange
 
 from ..data.interactions import Interactions
 from ..errors import ConfigError, DataError
-from ..eval.metrics import rating_metrics
-from .base import Recommender, register_model
+from .base import RatingRecommender, register_model
 
 DEFAULT_GRID = (1, 3, 5, 10, 15, 25, 50)
 
@@ -73,7 +72,7 @@ def fit_biases(users, items, values, n_users, n_items, lam_u, lam_i, n_iter, mu=
 
 
 @register_model("bias_baseline")
-class BiasBaseline(Recommender):
+class BiasBaseline(RatingRecommender):
     """Bias-only rating model r_ui ~ mu + b_u + b_i with constant damping (the accuracy floor).
 
     Parameters
@@ -108,7 +107,6 @@ class BiasBaseline(Recommender):
     True
     """
 
-    _task = "rating"
     _fallback_words = "predicted from the mean and biases"
 
     def __init__(self, lam_u: float | None = None, lam_i: float | None = None, n_iter: int = 10,
@@ -245,19 +243,6 @@ class BiasBaseline(Recommender):
         if clip:
             np.clip(pred, *self.rating_range_, out=pred)
         return pred, ~(seen_u & seen_i)
-
-    def _score_indices(self, rows, cols, truth, policy: str = "bias"):
-        pred, unseen = self._predict_indices(rows, cols)
-        return rating_metrics(pred, truth, unseen, policy)
-
-    def _evaluate_rating(self, test: Interactions, unseen: str) -> dict:
-        from .base import same_index_space
-
-        if same_index_space(test, self.user_ids_, self.item_ids_):
-            rows, cols = test.users, test.items
-        else:
-            rows, cols = self._user_rows(test.user_ids[test.users]), self._item_cols(test.item_ids[test.items])
-        return self._score_indices(rows, cols, test.values, unseen)
 
     # ----------------------------------------------------------------- files
     def _state_arrays(self) -> dict:

@@ -9,7 +9,7 @@ import numpy as np
 from ..data.interactions import Interactions
 from ..errors import ConfigError
 from ..eval.metrics import rating_metrics
-from .base import Recommender, register_model
+from .base import RatingRecommender, register_model
 
 _FIXED = ("rank", "optimizer", "epochs", "lam", "lam_b", "lam0", "lam0_b", "use_bias", "init_scale", "seed",
           "patience", "validation", "refit", "standardize", "granularity", "preset", "time_budget", "verbose",
@@ -17,7 +17,7 @@ _FIXED = ("rank", "optimizer", "epochs", "lam", "lam_b", "lam0", "lam0_b", "use_
 
 
 @register_model("latent_factor")
-class LatentFactorModel(Recommender):
+class LatentFactorModel(RatingRecommender):
     """Latent factor model r_ui ~ mu + b_u + b_i + p_u . q_i (METHODS.md section 2).
 
     Parameters
@@ -84,7 +84,6 @@ class LatentFactorModel(Recommender):
     LatentFactorModel(rank=5, epochs=10, lam=0.02, lam0=0.0)
     """
 
-    _task = "rating"
     _fallback_words = "predicted from the mean and biases"
 
     def __init__(self, rank: int = 32, optimizer: str = "als", epochs: int = 40, lam: float | str = 0.05,
@@ -366,19 +365,6 @@ class LatentFactorModel(Recommender):
         if clip:
             np.clip(pred, *self.rating_range_, out=pred)
         return pred, ~both
-
-    def _score_indices(self, rows, cols, truth, policy: str = "bias"):
-        pred, unseen = self._predict_indices(rows, cols)
-        return rating_metrics(pred, truth, unseen, policy)
-
-    def _evaluate_rating(self, test: Interactions, unseen: str) -> dict:
-        from .base import same_index_space
-
-        if same_index_space(test, self.user_ids_, self.item_ids_):
-            rows, cols = test.users, test.items
-        else:
-            rows, cols = self._user_rows(test.user_ids[test.users]), self._item_cols(test.item_ids[test.items])
-        return self._score_indices(rows, cols, test.values, unseen)
 
     # ----------------------------------------------------------------- files
     def _state_arrays(self) -> dict:
