@@ -63,6 +63,7 @@ import time
 import numpy as np
 
 from ..errors import ConfigError
+from .l2 import _coefficient as _nonneg
 from .lambda_opt import LambdaLayout, _stats, check_granularity, lambda_summary
 
 BIAS_GRANULARITIES = ("global", "side", "row")
@@ -72,16 +73,6 @@ HESSIANS = ("gn", "exact")
 #: defaults chosen by measurement (benchmarks/bench_lambda_rating.py)
 DEFAULT_INIT_REL = 0.2
 DEFAULT_INIT_BIAS = 5.0
-
-
-def _nonneg(name, value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}") from None
-    if not np.isfinite(v) or v < 0:
-        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
-    return v
 
 
 def _positive(name, value) -> float:
