@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .lf import chol_solve_factored, cholesky_factor
+from .lf import chol_solve_factored, cholesky_factor, chunk_max_count
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 
@@ -269,9 +269,7 @@ def sample_side(indptr, indices, data, mu, b_other, Y, use_bias, alpha, prec, li
     nrow = indptr.shape[0] - 1
     want_mean = X_mean.shape[0] > 0
     for c in prange(n_chunks):
-        maxn = 0
-        for u in range(c, nrow, n_chunks):
-            maxn = max(maxn, indptr[u + 1] - indptr[u])
+        maxn = chunk_max_count(indptr, c, n_chunks)
         Zt = _work_buffers(gp, maxn, f, use_bias)
         Gs = np.zeros((LANES, gp, gp), dtype=np.float32)
         A = np.empty((g, g, LANES))

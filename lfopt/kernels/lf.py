@@ -915,6 +915,16 @@ def _n_chunks(rows):
     return max(1, min(rows, 256))
 
 
+@njit(**_JIT)
+def chunk_max_count(indptr, c, nc):
+    """The most entries of a row of work unit ``c`` (rows c, c + nc, ...; 0 if it has none): what
+    each unit sizes its buffers by."""
+    most = 0
+    for u in range(c, indptr.shape[0] - 1, nc):
+        most = max(most, indptr[u + 1] - indptr[u])
+    return most
+
+
 @njit(parallel=True, **_JIT)
 def als_side(indptr, indices, data, mu, b_other, Y, wx, wb, use_bias, X, b_self, blas=0):
     """Closed-form ridge update of one side (rows of the view) with the other fixed.
@@ -936,9 +946,7 @@ def als_side(indptr, indices, data, mu, b_other, Y, wx, wb, use_bias, X, b_self,
     for c in prange(nc):
         # inside the parallel body: the test is a compile-time constant for 1-D weights there
         elem = wx.ndim == 2 and W.shape[1] > 1
-        maxn = 1
-        for u in range(c, m, nc):
-            maxn = max(maxn, indptr[u + 1] - indptr[u])
+        maxn = max(1, chunk_max_count(indptr, c, nc))
         Zbuf = np.empty(maxn * gp, dtype=np.float32)
         Gbuf = np.empty(gp * gp, dtype=np.float32)
         Abuf = np.empty(2 * gp * gp, dtype=np.float64)
@@ -1019,9 +1027,7 @@ def side_gn_blocks(indptr, indices, Y, wx, wb, use_bias, shift, diag_scale, offs
     for c in prange(nc):
         # inside the parallel body: the test is a compile-time constant for 1-D weights there
         elem = wx.ndim == 2 and W.shape[1] > 1
-        maxn = 1
-        for u in range(c, m, nc):
-            maxn = max(maxn, indptr[u + 1] - indptr[u])
+        maxn = max(1, chunk_max_count(indptr, c, nc))
         Zbuf = np.empty(maxn * gp, dtype=np.float32)
         G = np.empty((gp, gp), dtype=np.float32)
         Abuf = np.empty(2 * gp * gp, dtype=np.float64)
@@ -1089,9 +1095,7 @@ def side_block_solve(indptr, indices, Y, use_bias, offsets, dual, store, rX, rb,
     nc = _n_chunks(m)
     for c in prange(nc):
         x = np.empty(g, dtype=np.float32)
-        maxn = 1
-        for u in range(c, m, nc):
-            maxn = max(maxn, indptr[u + 1] - indptr[u])
+        maxn = max(1, chunk_max_count(indptr, c, nc))
         s = np.empty(maxn, dtype=np.float32)
         for u in range(c, m, nc):
             for d in range(f):
