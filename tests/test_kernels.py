@@ -38,12 +38,18 @@ def _setup(use_bias, weighting="count", rank=4, seed=1):
     return data, obj, y
 
 
-def _torch_model(data, obj):
+def _torch_model(data, obj, weights=None):
+    """(predict, loss, reg_diag) of the LF objective in torch float64: the autodiff reference.
+
+    ``weights`` (wu, wi, wbu, wbi) default to ``obj.ref_weights``; the factor weights may be
+    per row ((m,), (n,)) or per (row, dimension) ((m, f), (n, f))."""
     m, n, f, nb = obj.m, obj.n, obj.f, obj.n_bias
+    weights = obj.ref_weights if weights is None else weights
     u = torch.tensor(data.users.astype(np.int64))
     i = torch.tensor(data.items.astype(np.int64))
     r = torch.tensor(data.values.astype(np.float64))
-    wu, wi, wbu, wbi = (torch.tensor(w) for w in obj.ref_weights)
+    wu, wi = (torch.tensor(np.asarray(w, dtype=np.float64).reshape(k, -1)) for w, k in zip(weights[:2], (m, n)))
+    wbu, wbi = (torch.tensor(np.asarray(w, dtype=np.float64)) for w in weights[2:])
 
     def predict(yt):
         P = yt[nb:nb + m * f].reshape(m, f)
@@ -57,14 +63,14 @@ def _torch_model(data, obj):
         P = yt[nb:nb + m * f].reshape(m, f)
         Q = yt[nb + m * f:].reshape(n, f)
         e = r - predict(yt)
-        reg = 0.5 * ((wu[:, None] * P ** 2).sum() + (wi[:, None] * Q ** 2).sum())
+        reg = 0.5 * ((wu * P ** 2).sum() + (wi * Q ** 2).sum())
         if nb:
             reg = reg + 0.5 * ((wbu * yt[:m] ** 2).sum() + (wbi * yt[m:nb] ** 2).sum())
         return 0.5 * (e ** 2).sum() + reg
 
-    reg_diag = [np.repeat(obj.ref_weights[0], f), np.repeat(obj.ref_weights[1], f)]
+    reg_diag = [np.broadcast_to(w.numpy(), (k, f)).ravel() for w, k in ((wu, m), (wi, n))]
     if nb:
-        reg_diag = obj.ref_weights[2:] + reg_diag
+        reg_diag = [wbu.numpy(), wbi.numpy()] + reg_diag
     return predict, loss, np.concatenate(reg_diag)
 
 

@@ -16,6 +16,8 @@ from lfopt.models.lf import LFObjective
 
 torch = pytest.importorskip("torch")
 
+from test_kernels import _rel, _torch_model  # noqa: E402  (the torch autodiff reference of the LF objective)
+
 F = 4
 BACKENDS = ["numba", "torch"]
 
@@ -55,45 +57,11 @@ def _np(obj, x):
     return np.asarray(obj.backend.to_numpy(x), dtype=np.float64)
 
 
-def _torch_loss(data, obj, w):
-    m, n, f, nb = obj.m, obj.n, obj.f, obj.n_bias
-    u = torch.tensor(data.users.astype(np.int64))
-    i = torch.tensor(data.items.astype(np.int64))
-    r = torch.tensor(data.values.astype(np.float64))
-    wu, wi, wbu, wbi = (torch.tensor(a) for a in w)
-
-    def predict(yt):
-        P = yt[nb:nb + m * f].reshape(m, f)
-        Q = yt[nb + m * f:].reshape(n, f)
-        pred = float(obj.mu) + (P[u] * Q[i]).sum(1)
-        if nb:
-            pred = pred + yt[:m][u] + yt[m:nb][i]
-        return pred
-
-    def loss(yt):
-        P = yt[nb:nb + m * f].reshape(m, f)
-        Q = yt[nb + m * f:].reshape(n, f)
-        e = r - predict(yt)
-        reg = 0.5 * ((wu * P ** 2).sum() + (wi * Q ** 2).sum())
-        if nb:
-            reg = reg + 0.5 * ((wbu * yt[:m] ** 2).sum() + (wbi * yt[m:nb] ** 2).sum())
-        return 0.5 * (e ** 2).sum() + reg
-
-    diag = [w[0].ravel(), w[1].ravel()]
-    if nb:
-        diag = [w[2], w[3]] + diag
-    return predict, loss, np.concatenate(diag)
-
-
-def _rel(a, b):
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_2d_weights_loss_grad_gvp_diag_match_autodiff(backend, use_bias):
     data, obj, y, w = _setup(use_bias, backend)
-    predict, loss, reg_diag = _torch_loss(data, obj, w)
+    predict, loss, reg_diag = _torch_model(data, obj, w)
     y64 = torch.tensor(y.astype(np.float64), requires_grad=True)
     lt = loss(y64)
     lt.backward()
