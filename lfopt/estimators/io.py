@@ -2,7 +2,9 @@
 
 Layout (format ``lfopt-model``, version 2): the metadata member ``__lfopt_meta__``
 holds ``{"format", "format_version", "lfopt_version", "model": <tag>, "params":
-<get_params()>, "n_users", "n_items", "state": <model scalars>, "history"}``;
+<get_params()>, "n_users", "n_items", "state": <model scalars>, "history", "data"}``
+(``data``: the model's ``data_info_``, a JSON object the CLI fills with where the
+training data came from and how it was split, or null);
 the arrays are the ID maps, the training counts, the CSR of the items each user
 had in fit (``seen_indptr``/``seen_indices``: a reloaded model excludes them
 from recommendations as before saving) and the model's own arrays (e.g.
@@ -48,7 +50,8 @@ def save_model(model, path, overwrite: bool = False) -> Path:
     meta = {"format": FORMAT_TAG, "format_version": FORMAT_VERSION, "lfopt_version": __version__,
             "model": model._model_tag, "params": to_jsonable(model.get_params(deep=False)),
             "n_users": int(model.n_users_), "n_items": int(model.n_items_),
-            "state": to_jsonable(model._state_meta()), "history": to_jsonable(getattr(model, "history_", []))}
+            "state": to_jsonable(model._state_meta()), "history": to_jsonable(getattr(model, "history_", [])),
+            "data": to_jsonable(getattr(model, "data_info_", None))}
     arrays = {"user_ids": _id_array(model.user_ids_), "item_ids": _id_array(model.item_ids_),
               "user_counts": model.user_counts_, "item_counts": model.item_counts_,
               "seen_indptr": model.seen_indptr_, "seen_indices": model.seen_indices_}
@@ -123,6 +126,10 @@ def load_model(path):
     model._lookup = None
     model._seen_data = None
     model.history_ = meta.get("history", [])
+    data_info = meta.get("data")
+    if data_info is not None and not isinstance(data_info, dict):
+        raise ModelFileError(f"{path}: damaged lfopt model file (data description is not an object)")
+    model.data_info_ = data_info
     try:
         model._set_state(files, meta.get("state", {}))
     except ModelFileError as exc:
