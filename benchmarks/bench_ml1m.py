@@ -55,7 +55,7 @@ RANK, EPOCHS = 100, 40
 SGD = dict(lr=0.007, lam=0.04, init_scale=0.1)
 ALS = dict(lam=0.08)
 ALS_EPOCHS = 15  # ALS converges in far fewer sweeps; its time per epoch is reported anyway
-GIBBS_RANK, GIBBS_SAMPLES, GIBBS_WARM = 32, 200, 5  # the sampler's defaults: burn_in 0, so epochs = warm + samples
+GIBBS_RANK, GIBBS_SAMPLES, GIBBS_BURN = 32, 200, 20  # the sampler's defaults: no warm start, burn_in 20
 GRID_RANKS, GRID_SAMPLES = (10, 32, 64), (50, 100, 200)
 
 
@@ -72,8 +72,8 @@ def fit_lfopt(name, train, test, epochs, **params):
 
 def fit_gibbs(train, test, rank=GIBBS_RANK, samples=GIBBS_SAMPLES, valid=None, **options):
     """lfopt's Gibbs sampler on all the training ratings (validation=0: nothing held out)."""
-    model = lfopt.LatentFactorModel(rank=rank, optimizer="gibbs", epochs=GIBBS_WARM + samples, seed=42,
-                                    validation=0, patience=None, warm_start=GIBBS_WARM, **options)
+    model = lfopt.LatentFactorModel(rank=rank, optimizer="gibbs", epochs=GIBBS_BURN + samples, seed=42,
+                                    validation=0, patience=None, **options)
     t0 = time.perf_counter()
     model.fit(train, valid)
     seconds = time.perf_counter() - t0

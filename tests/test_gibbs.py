@@ -247,7 +247,7 @@ def test_an_epoch_writes_the_sample_and_reports(small_synthetic):
 
 
 def _fit(data, **kw):
-    params = dict(rank=4, optimizer="gibbs", epochs=25, seed=3, validation=0)
+    params = dict(rank=4, optimizer="gibbs", epochs=40, seed=3, validation=0)  # burn-in 20, 20 samples
     params.update(kw)
     return lfopt.LatentFactorModel(**params).fit(data)
 
@@ -306,7 +306,8 @@ def test_running_mean_is_the_validation_metric_and_burn_in_is_never_cut(small_sp
 
 def test_without_patience_the_last_row_is_the_final_model(small_split):
     train, valid = small_split
-    model = lfopt.LatentFactorModel(rank=3, optimizer="gibbs", epochs=15, patience=None, seed=2).fit(train, valid)
+    model = lfopt.LatentFactorModel(rank=3, optimizer="gibbs", epochs=15, patience=None, seed=2,
+                                    burn_in=5).fit(train, valid)
     assert model.n_samples_ == 15 - 5
     assert model.evaluate(valid)["rmse"] == pytest.approx(model.history_[-1]["valid_rmse"], abs=2e-6)
     # the running mean beats the single last sample
@@ -347,7 +348,7 @@ def test_posterior_model_save_load_round_trip(small_split, tmp_path):
 
 def test_damaged_posterior_is_reported(small_split, tmp_path):
     train, _ = small_split
-    path = _fit(train, epochs=8).save(tmp_path / "m.npz")
+    path = _fit(train, epochs=8, burn_in=3).save(tmp_path / "m.npz")
     with np.load(path) as z:
         files = dict(z)
     files["posterior_P"] = files["posterior_P"][:, :-1]
@@ -358,7 +359,7 @@ def test_damaged_posterior_is_reported(small_split, tmp_path):
 
 def test_posterior_predictions_are_the_mean_over_samples(small_split):
     train, test = small_split
-    model = _fit(train, epochs=9, rao_blackwell=False)
+    model = _fit(train, epochs=9, rao_blackwell=False, burn_in=4)
     bu, bi, P, Q = model.factors()
     S = model.n_samples_
     r, c = test.users[:50], test.items[:50]
@@ -386,7 +387,7 @@ def test_cli_trains_with_gibbs(tmp_path, small_ratings_file):
     from lfopt.cli import main
 
     out = tmp_path / "r.json"
-    assert main(["train", "--data", str(small_ratings_file), "--optimizer", "gibbs", "--rank", "3", "--epochs", "12",
+    assert main(["train", "--data", str(small_ratings_file), "--optimizer", "gibbs", "--rank", "3", "--epochs", "30",
                  "--output", str(out), "--quiet"]) == 0
     import json
 
