@@ -117,6 +117,9 @@ class NumbaBackend:
         return NumbaLFKernels(train, use_bias, n_blocks)
 
 
+MIN_SGD_BLOCKS = 8
+
+
 class NumbaLFKernels:
     """The LF kernel set on the CPU: owns the CSR/CSC views of the training data, the
     CSR -> CSC permutation, the DSGD block layout and the work buffers.
@@ -303,7 +306,9 @@ class NumbaLFKernels:
         if self._sgd is None:
             from numba import get_num_threads
 
-            nb = self._n_blocks or max(2, 2 * get_num_threads())
+            # a fixed 8 x 8 grid up to 4 threads: the same blocks, hence the same updates in the
+            # same order, whatever the thread count (bit-identical results with 1, 2, 3 or 4)
+            nb = self._n_blocks or max(MIN_SGD_BLOCKS, 2 * get_num_threads())
             nb = max(1, min(nb, self.m, self.n))
             rng = np.random.default_rng(12345)
             ug = rng.integers(0, nb, self.m)

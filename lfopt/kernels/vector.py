@@ -8,12 +8,17 @@ from numba import njit, prange
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 
 
-@njit(parallel=True, **_JIT)
+@njit(parallel=True, cache=True, fastmath=False, nogil=True)
 def adaptive_moment_update(y, g, d, m, s, lr, beta1, beta2, eps, bc1, bc2):
     """Adam-style step with second-moment source ``d`` (``d = g`` gives Adam).
 
     m <- beta1 m + (1 - beta1) g;  s <- beta2 s + (1 - beta2) d^2;
     y <- y - lr (m / bc1) / (sqrt(s / bc2) + eps)
+
+    Strict IEEE arithmetic (no fastmath): with fastmath the vectorized body may use an
+    approximate reciprocal square root while the loop's scalar remainder does not, and
+    where the remainders fall depends on the thread count (the step was then not the
+    same with 1 and 2 threads).  The kernel is memory-bound: this costs nothing measurable.
     """
     for k in prange(y.shape[0]):
         mk = beta1 * m[k] + (np.float32(1.0) - beta1) * g[k]
