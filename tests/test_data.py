@@ -298,11 +298,170 @@ class TestTextFormats:
         assert lfopt.load_data(path).values.tolist() == [4.0, 5.0]
 
     @pytest.mark.parametrize("name, fmt", [
-        ("u.data", "ml-100k"), ("ratings.dat", "ml-1m"), ("ratings.csv", "ml-20m"), ("a.mat", "monti"),
+        ("u.data", "ml-100k"), ("ratings.dat", "ml-1m"), ("ratings.csv", "ml-20m"), ("a.mat", "mat"),
         ("a.parquet", "parquet"), ("a.csv", "csv"), ("a.tsv", "tsv"), ("user_item.dat", "tsv"),
     ])
     def test_detect_format(self, name, fmt):
         assert detect_format(name) == fmt
+
+
+# ============================================================ MATLAB files
+def _savemat(path, **variables):
+    import scipy.io
+
+    scipy.io.savemat(path, variables)
+    return path
+
+
+def _ciao_table(n=300, seed=0, n_cols=5):
+    """Rows (user, item, category, rating, helpfulness): the layout of Ciao/Epinions rating.mat dumps."""
+    rng = np.random.default_rng(seed)
+    t = np.c_[rng.integers(1, 40, n), rng.integers(1, 60, n), rng.integers(1, 28, n), rng.integers(1, 6, n),
+              rng.integers(0, 6, n)].astype(np.float64)
+    _, first = np.unique(t[:, :2], axis=0, return_index=True)
+    return t[np.sort(first)][:, :n_cols]
+
+
+class TestMatFiles:
+    def test_header_tells_v5_from_v73(self, tmp_path, douban_path):
+        from lfopt.data.io import mat_version
+
+        assert mat_version(_savemat(tmp_path / "a.mat", x=np.ones((2, 2)))) == "5"
+        assert mat_version(douban_path) == "7.3"
+        (tmp_path / "b.mat").write_bytes(b"hello")
+        assert mat_version(tmp_path / "b.mat") == "unknown"
+
+    def test_v5_table_with_column_mapping(self, tmp_path):
+        t = _ciao_table()
+        path = _savemat(tmp_path / "rating.mat", rating=t)
+        d = lfopt.load_data(path, columns={"user": 0, "item": 1, "rating": 3})
+        assert d.nnz == len(t)
+        assert original_triples(d) == set(zip(t[:, 0].astype(int).tolist(), t[:, 1].astype(int).tolist(),
+                                              t[:, 3].tolist()))
+
+    def test_v5_variable_named_in_columns_for_the_cli(self, tmp_path):
+        t = _ciao_table()
+        path = _savemat(tmp_path / "dump.mat", rating=t, trust=np.ones((10, 2)))
+        d = lfopt.load_data(path, columns={"variable": "rating", "user": 0, "item": 1, "rating": 3})
+        assert d.nnz == len(t)
+        d2 = lfopt.load_data(path, variable="rating", columns={"user": 0, "item": 1, "rating": 3})
+        np.testing.assert_array_equal(d.values, d2.values)
+
+    def test_v5_three_column_table_needs_no_mapping(self, tmp_path):
+        t = _ciao_table()[:, [0, 1, 3]]
+        d = lfopt.load_data(_savemat(tmp_path / "r.mat", ratings=t))
+        assert d.nnz == len(t) and sorted(d.values.tolist()) == sorted(t[:, 2].tolist())
+
+    def test_v5_four_columns_with_a_real_timestamp(self, tmp_path):
+        t = _ciao_table()[:, [0, 1, 3]]
+        ts = 1_300_000_000 + np.arange(len(t)) * 60.0
+        d = lfopt.load_data(_savemat(tmp_path / "r.mat", ratings=np.c_[t, ts]))
+        assert d.timestamps is not None and d.timestamps.min() == 1_300_000_000
+
+    def test_v5_sparse_rating_matrix(self, tmp_path):
+        R = sp.random(30, 50, density=0.2, random_state=2, format="csc")
+        R.data = np.ceil(R.data * 5)
+        d = lfopt.load_data(_savemat(tmp_path / "R.mat", R=R, names=np.array(["a", "b"])))
+        assert d.shape == (30, 50) and d.nnz == R.nnz
+        np.testing.assert_array_equal(d.to_scipy().toarray(), R.toarray())
+
+    def test_v5_dense_rating_matrix(self, tmp_path):
+        dense = np.zeros((20, 30))
+        dense[3, 4], dense[0, 29], dense[19, 0] = 4.0, 1.0, 5.0
+        dense[5, 5] = np.nan  # missing too
+        d = lfopt.load_data(_savemat(tmp_path / "R.mat", R=dense))
+        assert d.shape == (20, 30) and d.nnz == 3
+        np.testing.assert_array_equal(d.to_scipy().toarray(), np.nan_to_num(dense))
+
+    def test_v5_monti_layout(self, tmp_path):
+        M = np.zeros((6, 5))
+        M[0, 0], M[1, 2], M[5, 4], M[3, 3] = 5, 3, 1, 2
+        train = (M != 0) * 1.0
+        train[3, 3] = 0
+        test = (M != 0) - train
+        d = lfopt.load_data(_savemat(tmp_path / "monti.mat", M=M, Otraining=train, Otest=test))
+        tr, te = lfopt.fixed_split(d)
+        assert (tr.nnz, te.nnz) == (3, 1) and te.values.tolist() == [2.0]
+
+    def test_v73_table_and_sparse_matrix(self, tmp_path):
+        h5py = pytest.importorskip("h5py")
+        t = _ciao_table()[:, [0, 1, 3]]
+        with h5py.File(tmp_path / "t.mat", "w") as f:
+            f["ratings"] = t.T  # MATLAB stores column-major
+        d = lfopt.load_data(tmp_path / "t.mat")
+        assert d.nnz == len(t) and sorted(d.values.tolist()) == sorted(t[:, 2].tolist())
+        R = sp.random(8, 6, density=0.4, random_state=0, format="csc")
+        with h5py.File(tmp_path / "s.mat", "w") as f:
+            g = f.create_group("R")
+            g.attrs["MATLAB_sparse"] = 8
+            g["data"], g["ir"], g["jc"] = R.data, R.indices, R.indptr
+        d = lfopt.load_data(tmp_path / "s.mat")
+        np.testing.assert_allclose(d.to_scipy().toarray(), R.toarray(), rtol=1e-6)
+
+    def test_douban_still_loads_as_before(self, douban):
+        assert douban.meta["n_in_both_masks"] == 0 and douban.nnz == 136_891
+
+
+class TestIdValues:
+    def test_ids_beyond_int64_keep_their_value(self, write):
+        big = [2**63, 2**63 + 5, 2**64 - 1]
+        d = lfopt.load_data(write("big.tsv", "".join(f"{u} {k} 4\n" for k, u in enumerate(big)) + "5 9 3\n"))
+        assert d.user_ids.dtype == np.uint64
+        assert sorted(int(u) for u in d.user_ids) == [5] + big  # never wrapped to negative numbers
+        for fmt_name, sep in (("ratings.dat", "::"), ("u.data", "\t")):
+            text = "".join(f"{u}{sep}1{sep}4{sep}978300760\n" for u in big)
+            e = lfopt.load_data(write(fmt_name, text))
+            assert sorted(int(u) for u in e.user_ids) == big
+
+    def test_big_ids_through_a_model_and_its_file(self, write, tmp_path):
+        rng = np.random.default_rng(0)
+        users = [2**63 + int(k) for k in rng.integers(0, 30, 600)]
+        lines = "".join(f"{u}\t{i}\t{r}\n" for u, i, r in zip(users, rng.integers(0, 20, 600), rng.integers(1, 6, 600)))
+        d = lfopt.load_data(write("big.tsv", lines), duplicates="last")
+        model = lfopt.LatentFactorModel(rank=2, epochs=2, validation=None).fit(d)
+        loaded = lfopt.load(model.save(tmp_path / "m.npz"))
+        uid = int(d.user_ids[0])
+        assert uid >= 2**63 and loaded.user_ids_.dtype == np.uint64
+        items, _ = loaded.recommend(uid, k=3)
+        assert len(items) == 3
+        np.testing.assert_allclose(loaded.predict([uid], [int(d.item_ids[0])]),
+                                   model.predict([uid], [int(d.item_ids[0])]))
+
+    def test_ids_from_arrays(self):
+        d = Interactions.from_arrays(np.array([2**64 - 1, 3], dtype=np.uint64), [1, 2], [1.0, 2.0])
+        assert d.user_ids.tolist() == [3, 2**64 - 1]
+        d = Interactions.from_arrays(np.array([2**63 + 1, 3], dtype=object), [1, 2], [1.0, 2.0])
+        assert d.user_ids.tolist() == [3, 2**63 + 1]
+
+    def test_string_ids_stay_as_written(self, write):
+        d = lfopt.load_data(write("s.tsv", "007 a1 4\n7 a1 3\nu-1 0042 5\n18446744073709551616 b 1\n"))
+        assert sorted(d.user_ids.tolist()) == sorted(["007", "7", "u-1", "18446744073709551616"])
+        assert sorted(d.item_ids.tolist()) == ["0042", "a1", "b"]
+        c = lfopt.load_data(write("s.csv", "user,item,rating\n007,1,4\n7,1,3\n"))
+        assert sorted(c.user_ids.tolist()) == ["007", "7"]
+
+    def test_plain_integers_stay_integers(self, write):
+        d = lfopt.load_data(write("p.tsv", "10 1 4\n0 1 3\n7 2 0.5\n"))  # "0.5" and "0" are no leading zeros
+        assert d.user_ids.dtype.kind == "i" and d.user_ids.tolist() == [0, 7, 10]
+
+
+class TestTimestampRule:
+    @pytest.mark.parametrize("times", [
+        [881250949, 891250949, 875000000],  # MovieLens-like seconds
+        [1386201600000, 1059004800000, 1100000000000],  # milliseconds
+        [0, 5, 100_000_000],  # starts at the epoch, the latest after 1973
+    ])
+    def test_plausible_timestamps_load(self, write, times):
+        text = "".join(f"{u} {u + 1} 4 {t}\n" for u, t in enumerate(times))
+        d = lfopt.load_data(write("t.tsv", text))
+        assert sorted(d.timestamps.tolist()) == sorted(times)
+
+    def test_columns_override_the_rule(self, write):
+        path = write("cat.tsv", "1 1 7 4\n1 2 3 5\n2 1 12 1\n")  # user item category rating
+        d = lfopt.load_data(path, columns={"user": 0, "item": 1, "rating": 3})
+        assert sorted(d.values.tolist()) == [1.0, 4.0, 5.0] and d.timestamps is None
+        d = lfopt.load_data(path, columns={"user": 0, "item": 1, "rating": 2, "timestamp": 3})
+        assert sorted(d.timestamps.tolist()) == [1, 4, 5]  # the user said so: no rule
 
 
 # ===================================================================== splits

@@ -63,6 +63,15 @@ class TestFileLevel:
         msg = load_error(write("ratings.dat", b"\xff\xfe\x00::1::3\n"))
         assert "ratings.dat" in msg
 
+    @pytest.mark.parametrize("name, content, line, byte", [
+        ("ratings.dat", b"1::1::5\n2::3::4\n3::4\xff::5\n", 3, 5),
+        ("x.tsv", b"ann\t1\t5\nbob\t2\t4\nren\xe9e\t3\t2\n", 3, 4),  # latin-1 'e acute'
+        ("x.csv", b"user,item,rating\n1,caf\xe9,4\n", 2, 6),
+    ])
+    def test_not_utf8_names_the_line(self, write, name, content, line, byte):
+        msg = load_error(write(name, content))
+        assert f"{name}, line {line}, byte {byte}: not UTF-8" in msg
+
     def test_corrupt_parquet(self, write):
         pytest.importorskip("pyarrow")
         msg = load_error(write("bad.parquet", b"this is not parquet"))
@@ -70,7 +79,7 @@ class TestFileLevel:
 
     def test_corrupt_mat(self, write):
         msg = load_error(write("bad.mat", b"not an HDF5 file"))
-        assert "bad.mat" in msg and "HDF5" in msg
+        assert "bad.mat" in msg and "HDF5" in msg and "v5" in msg  # neither kind of MATLAB header
 
     def test_mat_missing_variables(self, tmp_path):
         import h5py
@@ -78,8 +87,131 @@ class TestFileLevel:
         path = tmp_path / "partial.mat"
         with h5py.File(path, "w") as f:
             f["M"] = np.ones((3, 3))
-        msg = load_error(path)
+        msg = load_error(path, format="monti")
         assert "partial.mat" in msg and "Otraining" in msg and "Otest" in msg
+
+
+# ============================================================ MATLAB files
+def _overwrite(src, dst, offset, n=512, seed=0):
+    raw = bytearray(src.read_bytes())
+    raw[offset:offset + n] = np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+    dst.write_bytes(bytes(raw))
+    return dst
+
+
+class TestMatErrors:
+    @pytest.mark.parametrize("where", [0.3, 0.5, 0.7])
+    def test_corrupted_douban_copy_is_a_data_error(self, douban_path, tmp_path, where):
+        size = douban_path.stat().st_size
+        path = _overwrite(douban_path, tmp_path / "douban.mat", int(size * where))
+        msg = load_error(path)  # a DataError: never h5py's OSError
+        assert "douban.mat" in msg and "damaged" in msg
+
+    def test_corrupted_header_of_v73(self, douban_path, tmp_path):
+        path = _overwrite(douban_path, tmp_path / "douban.mat", 600, n=200)
+        assert "douban.mat" in load_error(path)
+
+    @pytest.mark.parametrize("compress", [False, True])
+    def test_corrupted_v5_is_a_data_error(self, tmp_path, compress):
+        import scipy.io
+
+        src = tmp_path / "src.mat"
+        rng = np.random.default_rng(0)
+        scipy.io.savemat(src, {"rating": np.c_[rng.integers(1, 50, 500), rng.integers(1, 50, 500),
+                                               rng.integers(1, 6, 500)].astype(float)}, do_compression=compress)
+        path = _overwrite(src, tmp_path / "bad.mat", 130 if not compress else src.stat().st_size // 2, n=64)
+        msg = load_error(path, duplicates="last")
+        assert "bad.mat" in msg
+
+    def test_v5_many_columns_need_a_mapping(self, tmp_path):
+        import scipy.io
+
+        rng = np.random.default_rng(0)
+        t = np.c_[rng.integers(1, 9, 50), np.arange(50), rng.integers(1, 20, 50), rng.integers(1, 6, 50),
+                  rng.integers(0, 5, 50)].astype(float)
+        scipy.io.savemat(tmp_path / "rating.mat", {"rating": t})
+        msg = load_error(tmp_path / "rating.mat")
+        assert "5 columns" in msg and "columns=" in msg and "--columns user=0,item=1,rating=3" in msg
+
+    def test_v5_four_columns_without_timestamp(self, tmp_path):
+        import scipy.io
+
+        t = np.c_[np.arange(30) % 7, np.arange(30), np.arange(30) % 11 + 1, np.arange(30) % 5 + 1].astype(float)
+        scipy.io.savemat(tmp_path / "r.mat", {"r": t})
+        msg = load_error(tmp_path / "r.mat")
+        assert "not a plausible timestamp" in msg and "variable 'r'" in msg
+
+    def test_several_variables_need_a_name(self, tmp_path):
+        import scipy.io
+
+        scipy.io.savemat(tmp_path / "two.mat", {"a": np.ones((10, 3)), "b": np.ones((10, 3))})
+        msg = load_error(tmp_path / "two.mat")
+        assert "several numeric variables" in msg and "variable=" in msg and "--columns variable=" in msg
+        msg = load_error(tmp_path / "two.mat", variable="c")
+        assert "no variable 'c'" in msg
+
+    def test_no_numeric_variable(self, tmp_path):
+        import scipy.io
+
+        scipy.io.savemat(tmp_path / "text.mat", {"names": np.array(["ann", "bob"])})
+        assert "no numeric matrix" in load_error(tmp_path / "text.mat")
+
+    def test_monti_pair_in_both_masks_is_reported(self, tmp_path):
+        import scipy.io
+
+        M = np.zeros((4, 4))
+        M[0, 0], M[1, 1], M[2, 2], M[3, 3] = 5, 4, 3, 2
+        train = (M != 0) * 1.0
+        test = np.zeros_like(M)
+        test[2, 2] = test[3, 3] = 1  # both also in Otraining
+        scipy.io.savemat(tmp_path / "monti.mat", {"M": M, "Otraining": train, "Otest": test})
+        with pytest.warns(lfopt.data.io.DataWarning, match=r"2 \(user, item\) pair\(s\) are marked in both"):
+            d = lfopt.load_data(tmp_path / "monti.mat")
+        tr, te = lfopt.fixed_split(d)
+        assert (tr.nnz, te.nnz) == (2, 2) and d.meta["n_in_both_masks"] == 2
+
+    def test_monti_mask_with_other_values(self, tmp_path):
+        import scipy.io
+
+        M = np.eye(3) * 4
+        scipy.io.savemat(tmp_path / "m.mat", {"M": M, "Otraining": np.eye(3) * 7, "Otest": np.zeros((3, 3))})
+        assert "Otraining[0, 0] = 7.0" in load_error(tmp_path / "m.mat")
+
+    def test_monti_rating_outside_the_masks_is_reported(self, tmp_path):
+        import scipy.io
+
+        M = np.eye(3) * 4
+        train = np.eye(3)
+        train[2, 2] = 0
+        scipy.io.savemat(tmp_path / "m.mat", {"M": M, "Otraining": train, "Otest": np.zeros((3, 3))})
+        with pytest.warns(lfopt.data.io.DataWarning, match="1 non-zero rating"):
+            assert lfopt.load_data(tmp_path / "m.mat").nnz == 2
+
+
+# =================================================== 4th column: a timestamp?
+class TestFourthColumn:
+    CATEGORY = "1 10 3 4\n1 11 7 5\n2 10 3 2\n2 12 19 1\n"  # user item category rating
+
+    def test_category_column_is_refused_with_advice(self, write):
+        msg = load_error(write("ciao.txt", self.CATEGORY))
+        assert "ciao.txt" in msg and "4th column is not a plausible timestamp" in msg
+        assert "largest value, 5" in msg and "line 2" in msg  # the evidence
+        assert "columns={'user': 0, 'item': 1, 'rating': 3}" in msg and "--columns user=0,item=1,rating=3" in msg
+
+    def test_fractional_fourth_column(self, write):
+        msg = load_error(write("x.tsv", "1 1 4 978300760\n1 2 5 2.5\n"))
+        assert "line 2: 2.5 is not a whole number" in msg
+
+    def test_negative_fourth_column(self, write):
+        assert "line 1: -4" in load_error(write("x.tsv", "1 1 4 -4\n1 2 5 978300760\n"))
+
+    def test_with_columns_it_loads_the_real_ratings(self, write):
+        d = lfopt.load_data(write("ciao.txt", self.CATEGORY), columns={"user": 0, "item": 1, "rating": 3})
+        assert sorted(d.values.tolist()) == [1.0, 2.0, 4.0, 5.0]
+
+    def test_movielens_formats_are_not_second_guessed(self, write):
+        d = lfopt.load_data(write("ratings.dat", "1::1::5::9\n1::2::4::9\n"))
+        assert d.timestamps.tolist() == [9, 9]
 
 
 # ================================================================= line level
@@ -174,6 +306,53 @@ class TestBadValues:
         with pytest.raises(DataError, match=r"matrix entry \(1, 0\)"):
             Interactions.from_scipy(m)
 
+    @pytest.mark.parametrize("name, content, line, value, beyond", [
+        ("x.tsv", "1 1 3\n1 2 1e39\n", 2, "1e+39", True),  # beyond float32: would become inf
+        ("x.tsv", "1 1 3\n1 2 1e30\n", 2, "1e+30", False),  # squared sums overflow float32
+        ("ratings.dat", "1::1::5\n1::2::4\n2::1::-2e16\n", 3, "-2e+16", False),
+        ("ratings.csv", H_ML20M + "1,1,4.5,100\n2,7,3e300,200\n", 3, "3e+300", True),
+    ])
+    def test_huge_ratings_are_refused_where_they_are(self, write, name, content, line, value, beyond):
+        msg = load_error(write(name, content))
+        assert f"{name}, line {line}, column 3 (rating): rating {value} is too large" in msg
+        assert ("beyond float32's range" in msg) == beyond
+
+    def test_large_but_trainable_ratings_load(self, write):
+        assert lfopt.load_data(write("x.tsv", "1 1 3\n1 2 1e14\n")).values.max() == np.float32(1e14)
+
+    def test_rating_too_small_for_float32(self, write):
+        msg = load_error(write("x.tsv", "1 1 3\n1 2 1e-50\n"))
+        assert "line 2" in msg and "too small for float32" in msg
+
+    def test_huge_ratings_in_arrays_and_matrices(self):
+        import scipy.sparse as sp
+
+        with pytest.raises(DataError, match=r"entry 1: value 1e\+20 is too large"):
+            Interactions.from_arrays([1, 2], [1, 2], [1.0, 1e20])
+        with pytest.raises(DataError, match=r"matrix entry \(1, 0\): value 1e\+39 is too large"):
+            Interactions.from_scipy(sp.csr_matrix(np.array([[0.0, 1.0], [1e39, 0.0]])))
+
+    def test_timestamp_beyond_int64(self):
+        with pytest.raises(DataError, match=r"entry 1: timestamp .* within int64"):
+            Interactions.from_arrays([1, 2], [1, 2], [1.0, 2.0], timestamps=np.array([1, 2**63 + 9], np.uint64))
+        with pytest.raises(DataError, match=r"entry 0: timestamp nan"):
+            Interactions.from_arrays([1, 2], [1, 2], [1.0, 2.0], timestamps=[np.nan, 5.0])
+
+    def test_zero_ratings_on_a_star_scale_are_reported(self, write):
+        with pytest.warns(lfopt.data.io.DataWarning, match=r"2 rating\(s\) are 0 \(first at line 3\).*1\.\.5"):
+            d = lfopt.load_data(write("ratings.dat", "1::1::5\n1::2::1\n2::1::0\n2::2::3\n3::1::0\n"))
+        assert d.nnz == 5  # reported, not dropped
+
+    @pytest.mark.parametrize("content", [
+        "1 1 0\n1 2 -1\n2 1 1\n",  # a -1..1 scale: 0 is a real value
+        "1 1 0\n1 2 37\n2 1 120\n",  # counts
+        "1 1 2\n1 2 4\n",  # no zero
+    ])
+    def test_zero_ratings_elsewhere_are_fine(self, write, content):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            lfopt.load_data(write("x.tsv", content))
+
     def test_messages_show_plain_values(self, write):
         messages = [
             load_error(write("ratings.dat", "1::1::5\n1::2::inf\n")),
@@ -215,7 +394,15 @@ class TestIds:
 
     def test_id_too_large_names_its_line(self, write):
         msg = load_error(write("u.data", "1\t1\t5\t100\n99999999999999999999\t2\t4\t1\n"))
-        assert "line 2" in msg and "99999999999999999999" in msg
+        assert "line 2" in msg and "99999999999999999999" in msg and "larger than 2**64 - 1" in msg
+
+    def test_float_id_beyond_exact_integers(self):
+        with pytest.raises(DataError, match=r"entry 0: user ID 1e\+19 is a float beyond 2\*\*53"):
+            Interactions.from_arrays(np.array([1e19, 2.0]), [1, 2], [1.0, 2.0])
+
+    def test_python_int_id_beyond_uint64(self):
+        with pytest.raises(DataError, match=r"entry 1: item ID 18446744073709551616 is larger than 2\*\*64 - 1"):
+            Interactions.from_arrays([1, 2], np.array([1, 2**64], dtype=object), [1.0, 2.0])
 
     def test_string_ids_fine_in_generic_formats(self, write):
         d = lfopt.load_data(write("x.tsv", "abc 1 4\ndef 1 3\n"))

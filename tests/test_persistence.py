@@ -195,6 +195,18 @@ class TestBadModelFiles:
         path.write_text("these are not the weights you are looking for\n")
         msg = model_error(path)
         assert "notes.npz" in msg and "not an lfopt model" in msg
+        assert "not a zip/npz archive" in msg and "text file" in msg  # says what it is, not a zip error
+
+    def test_ratings_file_renamed_npz(self, tmp_path):
+        path = tmp_path / "model.npz"
+        path.write_text("1\t2\t5\t881250949\n")
+        assert "not a zip/npz archive: it looks like a text file" in model_error(path)
+
+    def test_binary_junk(self, tmp_path):
+        path = tmp_path / "junk.npz"
+        path.write_bytes(bytes(range(256)))
+        msg = model_error(path)
+        assert "not a zip/npz archive" in msg and "starts with bytes" in msg
 
     def test_empty_file(self, tmp_path):
         path = tmp_path / "empty.npz"
@@ -211,7 +223,8 @@ class TestBadModelFiles:
     def test_plain_npy(self, tmp_path):
         path = tmp_path / "array.npy"
         np.save(path, np.arange(5))
-        assert "array.npy" in model_error(path)
+        msg = model_error(path)
+        assert "array.npy" in msg and ".npy array, not a zip/npz archive" in msg
 
     def test_directory(self, tmp_path):
         assert str(tmp_path) in model_error(tmp_path)
@@ -238,11 +251,144 @@ class TestBadModelFiles:
 
     def test_wrong_parameter_size(self, tmp_path, saved):
         rewrite_npz(saved, tmp_path / "short.npz", lambda a, m: a.update(params=a["params"][:-1]))
-        assert "wrong size" in model_error(tmp_path / "short.npz")
+        msg = model_error(tmp_path / "short.npz")
+        assert "'params' has shape (799,)" in msg and "(800,)" in msg  # against the file's manifest
+
+    def test_wrong_parameter_size_with_matching_manifest(self, tmp_path, saved):
+        def edit(a, m):
+            a.update(params=a["params"][:-1])
+            m["arrays"]["params"][0] = [len(a["params"])]
+
+        rewrite_npz(saved, tmp_path / "short.npz", edit)
+        assert "wrong size" in model_error(tmp_path / "short.npz")  # the model's own check
 
     def test_pickled_npz_is_refused(self, tmp_path):
         buf = io.BytesIO()
         np.savez(buf, obj=np.array([{"a": 1}], dtype=object))
         path = tmp_path / "pickled.npz"
         path.write_bytes(buf.getvalue())
-        assert "pickled.npz" in model_error(path)
+        msg = model_error(path)
+        assert "pickled.npz" in msg and "'obj'" in msg and "pickled" in msg
+
+
+# ========================================================= tampered models
+def _own(arrays: dict) -> list:
+    common = {META_KEY, "user_ids", "item_ids", "user_counts", "item_counts", "seen_indptr", "seen_indices"}
+    return [k for k in arrays if k not in common]
+
+
+def _drop_everywhere(name):
+    def edit(a, m):
+        a.pop(name)
+        m["arrays"].pop(name)
+
+    return edit
+
+
+def _set_nan(a, m):
+    own = _own(a)[0]
+    a[own] = a[own].copy()
+    a[own].reshape(-1)[0] = np.nan
+
+
+@pytest.fixture(scope="module")
+def every_kind(tmp_path_factory, small_synthetic):
+    """One saved file per model kind: rating LF, Gibbs LF (posterior samples), BPR, bias baseline."""
+    root = tmp_path_factory.mktemp("kinds")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        models = {
+            "lf": LatentFactorModel(rank=3, optimizer="als", epochs=2, seed=1),
+            "gibbs": LatentFactorModel(rank=2, optimizer="gibbs", epochs=25, validation=None, seed=1),
+            "bpr": lfopt.BPRMF(rank=3, epochs=2, seed=1),
+            "bias": lfopt.BiasBaseline(),
+        }
+        paths = {}
+        for name, model in models.items():
+            model.fit(small_synthetic)
+            paths[name] = model.save(root / f"{name}.npz")
+    assert models["gibbs"].n_samples_ > 0
+    return paths
+
+
+TAMPERS = {
+    # name: (edit(arrays, meta), words the message must hold)
+    "missing array": (lambda a, m: a.pop(_own(a)[0]), ["missing array"]),
+    "missing array and its manifest entry": (lambda a, m: _drop_everywhere(_own(a)[0])(a, m), ["missing"]),
+    "missing common array": (lambda a, m: a.pop("item_counts"), ["missing", "item_counts"]),
+    "n_users is a string": (lambda a, m: m.update(n_users=str(m["n_users"])), ["'n_users'", "integer"]),
+    "n_items is a float": (lambda a, m: m.update(n_items=m["n_items"] + 0.5), ["'n_items'", "integer"]),
+    "params not an object": (lambda a, m: m.update(params=[1, 2]), ["'params'", "object"]),
+    "state not an object": (lambda a, m: m.update(state="oops"), ["'state'", "object"]),
+    "history not a list": (lambda a, m: m.update(history=7), ["'history'", "list"]),
+    "hyper-parameter of the wrong type": (lambda a, m: m["params"].update(rank="ten")
+                                          if "rank" in m["params"] else m["params"].update(n_iter="ten"), ["'ten'"]),
+    "state number is text": (lambda a, m: m["state"].update(mu="abc")
+                             if "mu" in m["state"] else m["state"].update(best_epoch="abc"), ["'abc'"]),
+    "ID maps swapped": (lambda a, m: a.update(user_ids=a["item_ids"], item_ids=a["user_ids"]), ["user_ids"]),
+    "sizes swapped": (lambda a, m: m.update(n_users=m["n_items"], n_items=m["n_users"]), ["do not match"]),
+    "NaN parameter": (_set_nan, ["non-finite", "nan"]),
+    "array of text": (lambda a, m: a.update({_own(a)[0]: np.array(["x"] * a[_own(a)[0]].size)}), ["dtype"]),
+    "repeated user ID": (lambda a, m: a["user_ids"].__setitem__(1, a["user_ids"][0]), ["repeats an ID"]),
+    "seen items out of range": (lambda a, m: a["seen_indices"].__setitem__(0, m["n_items"] + 5), ["seen"]),
+}
+
+
+@pytest.mark.parametrize("kind", ["lf", "gibbs", "bpr", "bias"])
+@pytest.mark.parametrize("tamper", list(TAMPERS))
+def test_tampered_model_file_is_refused_clearly(tmp_path, every_kind, kind, tamper):
+    edit, words = TAMPERS[tamper]
+    path = tmp_path / "tampered.npz"
+    rewrite_npz(every_kind[kind], path, edit)
+    msg = model_error(path)  # a ModelFileError, never another exception
+    assert str(path) in msg
+    for word in words:
+        assert word in msg, (tamper, msg)
+
+
+def _swap_posterior(a, m):
+    a["posterior_P"], a["posterior_Q"] = a["posterior_Q"], a["posterior_P"]
+    m["arrays"]["posterior_P"], m["arrays"]["posterior_Q"] = m["arrays"]["posterior_Q"], m["arrays"]["posterior_P"]
+
+
+def _reshape_params(a, m):
+    a["params"] = a["params"].reshape(1, -1)
+    m["arrays"]["params"][0] = list(a["params"].shape)
+
+
+@pytest.mark.parametrize("kind, edit, words", [
+    ("gibbs", _swap_posterior, ["posterior"]),
+    ("lf", _reshape_params, ["wrong size"]),
+    ("bpr", _reshape_params, ["wrong size"]),
+    ("lf", lambda a, m: m["state"].update(rating_range=[5, 1]), ["rating_range"]),
+    ("bias", lambda a, m: m["state"].update(rating_range="1-5"), ["rating_range"]),
+    ("gibbs", lambda a, m: m["state"].update(n_samples=-2), ["n_samples"]),
+])
+def test_swapped_shapes_and_bad_state_are_refused(tmp_path, every_kind, kind, edit, words):
+    path = tmp_path / "tampered.npz"
+    rewrite_npz(every_kind[kind], path, edit)
+    msg = model_error(path)
+    for word in words:
+        assert word in msg, msg
+
+
+@pytest.mark.parametrize("kind", ["lf", "gibbs", "bpr", "bias"])
+def test_untampered_files_of_every_kind_load(every_kind, kind):
+    model = lfopt.load(every_kind[kind])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        items, scores = model.recommend(model.user_ids_[0], k=3)
+    assert len(items) == 3 and np.isfinite(scores).all()
+
+
+def test_manifest_lists_every_array(saved):
+    arrays = npz_members(saved)
+    meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
+    assert set(meta["arrays"]) == set(arrays)
+    for name, (shape, dtype) in meta["arrays"].items():
+        assert tuple(shape) == arrays[name].shape and np.dtype(dtype) == arrays[name].dtype
+
+
+def test_files_without_manifest_still_load(tmp_path, saved, fitted_model):
+    rewrite_npz(saved, tmp_path / "old.npz", lambda a, m: m.pop("arrays"))
+    np.testing.assert_array_equal(lfopt.load(tmp_path / "old.npz").params_, fitted_model.params_)

@@ -19,6 +19,18 @@ from ..errors import DataError
 
 DUPLICATE_POLICIES = ("error", "mean", "last")
 
+#: The largest |rating| accepted.  Rule: the squared sums of training must stay
+#: finite in float32 for any dataset up to 10**8 ratings: 10**8 * (10**15)**2 =
+#: 1e38 < 3.4e38 (float32's largest number).  Larger values (and values beyond
+#: float32's range, which would become inf) are refused where they are read.
+MAX_ABS_RATING = 1e15
+#: The smallest non-zero |rating| accepted: float32's smallest normal number;
+#: below it a value loses its precision or becomes 0 when stored.
+MIN_ABS_RATING = float(np.finfo(np.float32).tiny)
+#: The largest integer ID: IDs from 2**63 to 2**64 - 1 are kept as uint64.
+MAX_INT_ID = 2**64 - 1
+_MAX_EXACT_FLOAT_ID = 2**53
+
 
 @dataclass(frozen=True)
 class SparseView:
@@ -250,12 +262,9 @@ class Interactions:
             except (TypeError, ValueError):
                 bad = _first_non_numeric(values)
                 raise DataError(f"{locate(bad)}: value {show(values[bad])} is not a number") from None
-        finite = np.isfinite(values)
-        if not finite.all():
-            bad = int(np.argmin(finite))
-            raise DataError(f"{locate(bad)}: value {show(values[bad])} is not a finite number")
+        check_rating_values(values, locate)
         if timestamps is not None:
-            timestamps = np.asarray(timestamps)
+            timestamps = _checked_timestamps(timestamps, len(users), locate)
         user_ids, u_idx = np.unique(users, return_inverse=True)
         item_ids, i_idx = np.unique(items, return_inverse=True)
         u_idx = u_idx.astype(np.int32).ravel()
@@ -317,16 +326,72 @@ class Interactions:
         coo.sum_duplicates()
         keep = np.ones(coo.nnz, dtype=bool) if keep_zeros else coo.data != 0
         values = coo.data[keep]
-        if not np.isfinite(values).all():
-            bad = int(np.argmin(np.isfinite(values)))
-            r, c = int(coo.row[keep][bad]), int(coo.col[keep][bad])
-            raise DataError(f"matrix entry ({r}, {c}): value {show(values[bad])} is not a finite number")
+        rows, cols = coo.row[keep], coo.col[keep]
+        check_rating_values(values, lambda k: f"matrix entry ({int(rows[k])}, {int(cols[k])})")
         if values.size == 0:
             raise DataError("no interactions: the sparse matrix has no stored non-zero entries")
         return cls(coo.row[keep], coo.col[keep], values, n_users=coo.shape[0], n_items=coo.shape[1], name=name)
 
 
 # ---------------------------------------------------------------------- helpers
+def check_rating_values(values: np.ndarray, locate: Callable[[int], str], what: str = "value") -> None:
+    """Refuse values that are not finite or that float32 training cannot hold.
+
+    ``|v| > MAX_ABS_RATING`` (1e15: beyond it the squared sums of 10**8 ratings
+    overflow float32; it also covers values beyond float32's range, which would
+    silently become inf) and non-zero ``|v| < MIN_ABS_RATING`` (they would
+    become 0 or lose their precision in float32).  ``locate(k)`` names entry k.
+    """
+    values = np.asarray(values)
+    if values.size == 0:
+        return
+    lo, hi = float(values.min()), float(values.max())  # NaN propagates
+    if (np.isfinite(lo) and np.isfinite(hi) and max(-lo, hi) <= MAX_ABS_RATING
+            and (values.dtype.kind != "f" or lo >= MIN_ABS_RATING or hi <= -MIN_ABS_RATING)):
+        return  # the common case, decided without temporary arrays
+    if values.dtype.kind == "f":
+        finite = np.isfinite(values)
+        if not finite.all():
+            bad = int(np.argmin(finite))
+            raise DataError(f"{locate(bad)}: {what} {show(values[bad])} is not a finite number")
+    mag = np.abs(values.astype(np.float64, copy=False))
+    big = mag > MAX_ABS_RATING
+    if big.any():
+        bad = int(np.argmax(big))
+        beyond = " (beyond float32's range)" if mag[bad] > float(np.finfo(np.float32).max) else ""
+        raise DataError(f"{locate(bad)}: {what} {show(values[bad])} is too large{beyond}: ratings must lie "
+                        f"within +-{MAX_ABS_RATING:g}, so that training's squared sums stay finite in float32")
+    tiny = (mag < MIN_ABS_RATING) & (mag > 0)
+    if tiny.any():
+        bad = int(np.argmax(tiny))
+        raise DataError(f"{locate(bad)}: {what} {show(values[bad])} is too small for float32 (non-zero values "
+                        f"must be at least {MIN_ABS_RATING:.3g} in magnitude; it would become 0)")
+
+
+def _checked_timestamps(timestamps, n: int, locate: Callable[[int], str]) -> np.ndarray:
+    """Timestamps as int64: whole numbers within int64 (a float or uint64 beyond it would wrap)."""
+    ts = np.asarray(timestamps)
+    if ts.ndim != 1 or len(ts) != n:
+        raise DataError(f"timestamps must be one per interaction, got shape {ts.shape} for {n} interactions")
+    kind = ts.dtype.kind
+    if kind in "ib":
+        return ts.astype(np.int64)
+    if kind == "u":
+        big = ts > np.iinfo(np.int64).max
+    elif kind == "f":
+        big = ~np.isfinite(ts) | (ts != np.round(ts)) | (np.abs(ts) >= 2.0**63)
+    else:
+        try:
+            return _checked_timestamps(ts.astype(np.float64), n, locate)
+        except (TypeError, ValueError):
+            bad = _first_non_numeric(ts)
+            raise DataError(f"{locate(bad)}: timestamp {show(ts[bad])} is not a number") from None
+    if big.any():
+        bad = int(np.argmax(big))
+        raise DataError(f"{locate(bad)}: timestamp {show(ts[bad])} is not a whole number within int64")
+    return ts.astype(np.int64)
+
+
 def _lookup(table: dict, ids) -> np.ndarray:
     ids = np.atleast_1d(np.asarray(ids))
     return np.fromiter((table.get(k, -1) for k in ids.tolist()), dtype=np.int64, count=len(ids))
@@ -351,6 +416,8 @@ def _as_id_array(ids, what: str, locate: Callable[[int], str]) -> np.ndarray:
         if kind == "i" and len(arr) and arr.min() < 0:
             bad = int(np.argmin(arr))
             raise DataError(f"{locate(bad)}: {what} ID {arr[bad]} is negative")
+        if kind == "u" and len(arr) and arr.max() > np.iinfo(np.int64).max:
+            return arr.astype(np.uint64)  # IDs from 2**63 to 2**64 - 1 keep their value
         return arr.astype(np.int64)
     if kind == "f":
         if len(arr):
@@ -358,6 +425,11 @@ def _as_id_array(ids, what: str, locate: Callable[[int], str]) -> np.ndarray:
             if bad_mask.any():
                 bad = int(np.argmax(bad_mask))
                 raise DataError(f"{locate(bad)}: {what} ID {show(arr[bad])} is not a non-negative integer")
+            big = arr > _MAX_EXACT_FLOAT_ID
+            if big.any():
+                bad = int(np.argmax(big))
+                raise DataError(f"{locate(bad)}: {what} ID {show(arr[bad])} is a float beyond 2**53, where floats "
+                                f"no longer hold every integer; give IDs as integers or strings")
         return arr.astype(np.int64)
     if kind in "US":
         return arr.astype(str)
@@ -367,7 +439,16 @@ def _as_id_array(ids, what: str, locate: Callable[[int], str]) -> np.ndarray:
         if all(isinstance(v, str) for v in values):
             return np.asarray(values, dtype=str)
         if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-            return _as_id_array(np.asarray(values, dtype=np.int64), what, locate)
+            ints = [int(v) for v in values]
+            if ints and min(ints) < 0:
+                bad = ints.index(min(ints))
+                raise DataError(f"{locate(bad)}: {what} ID {ints[bad]} is negative")
+            if ints and max(ints) > MAX_INT_ID:
+                bad = next(k for k, v in enumerate(ints) if v > MAX_INT_ID)
+                raise DataError(f"{locate(bad)}: {what} ID {ints[bad]} is larger than 2**64 - 1, the largest "
+                                f"integer ID; give such IDs as strings")
+            dtype = np.uint64 if ints and max(ints) > np.iinfo(np.int64).max else np.int64
+            return np.asarray(ints, dtype=dtype)
         bad = next((k for k, v in enumerate(values) if not isinstance(v, (str, int, np.integer)) or isinstance(v, bool)),
                    None)
         if bad is not None:
