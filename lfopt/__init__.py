@@ -42,3 +42,7 @@ __all__ = [
     "ConfigError", "ModelFileError", "DivergenceError", "BPRMF", "BiasBaseline", "Recommender", "implicit_split", "to_implicit", "grid_search",
     "__version__",
 ]
+
+from .estimators.ials import ImplicitALS, PopularityRanker  # noqa: E402
+
+__all__ += ["ImplicitALS", "PopularityRanker"]

@@ -30,6 +30,11 @@ def _args(path, *extra):
             "--quiet", *extra]
 
 
+def _args_model(path, model, *extra):
+    common = ["rank", "--data", str(path), "--model", model, "--k-core", "3", "--quiet"]
+    return common + (["--rank", "4", "--epochs", "3"] if model != "pop" else []) + list(extra)
+
+
 def test_rank_lambdaopt_writes_results_and_plots(ratings_file, tmp_path, capsys):
     out = tmp_path / "res.json"
     plots = tmp_path / "plots"
@@ -74,9 +79,75 @@ def test_rank_fixed_grid(ratings_file, tmp_path, capsys):
     (["--grid", "0.1"], "--regularizer fixed"),
     (["--split", "0.5,0.5"], "--split"),
     (["--metric", "mrr@5"], "unknown metric"),
-    (["--lambda", "-1"], "lam must be"),
+    (["--lambda", "-1"], "--lambda must be"),
 ])
 def test_rank_errors(ratings_file, extra, message, capsys):
     assert main(_args(ratings_file, *extra)) == 1
     err = capsys.readouterr().err
     assert "lfopt rank: error" in err and message in err
+
+
+def test_rank_ials_and_pop_write_results_and_models(ratings_file, tmp_path, capsys):
+    import lfopt
+    from lfopt.estimators.ials import ImplicitALS, PopularityRanker
+
+    for model, cls, label in (("ials", ImplicitALS, "iALS-cg"), ("pop", PopularityRanker, "popularity")):
+        out, saved = tmp_path / f"{model}.json", tmp_path / f"{model}.npz"
+        extra = ["--alpha", "5", "--cg-steps", "2", "--lambda", "0.01"] if model == "ials" else []
+        rc = main(_args_model(ratings_file, model, "--threshold", "3", "--output", str(out), "--save", str(saved),
+                              "--plots", str(tmp_path / model), *extra))
+        assert rc == 0
+        text = capsys.readouterr().out
+        assert label in text and "AUC" in text and "nan" not in text.lower() and "compilation" in text
+        res = json.loads(out.read_text())
+        assert res["model"] == label and res["model_kind"] == model and res["compile_seconds"] >= 0
+        assert 0 <= res["test"]["auc"] <= 1 and res["test"]["n_users"] > 100
+        back = lfopt.load(saved)
+        assert type(back) is cls
+        if model == "ials":
+            assert back.alpha == 5 and back.cg_steps == 2 and back.lam == 0.01 and len(res["history"]) == 3
+            assert res["seconds_per_epoch"] > 0 and (tmp_path / model / "rank_validation.png").exists()
+        else:
+            assert res["history"] == [] and res["seconds_per_epoch"] is None
+    # the Cholesky solver through the CLI
+    assert main(_args_model(ratings_file, "ials", "--solver", "cholesky")) == 0
+    assert "iALS-cholesky" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model, extra, message", [
+    ("ials", ["--optimizer", "sgd"], "--optimizer applies to --model bpr only, not to --model ials"),
+    ("ials", ["--regularizer", "fixed"], "--regularizer applies to --model bpr only"),
+    ("ials", ["--grid", "0.1,0.2"], "--grid applies to --model bpr only"),
+    ("ials", ["--item-bias"], "--item-bias applies to --model bpr only"),
+    ("ials", ["--backend", "torch"], "--backend torch applies to --model bpr only"),
+    ("pop", ["--rank", "8"], "--rank applies to --model bpr and --model ials only, not to --model pop"),
+    ("pop", ["--lambda", "0.1"], "--lambda applies to --model bpr and --model ials only"),
+    ("bpr", ["--alpha", "3"], "--alpha applies to --model ials only, not to --model bpr"),
+    ("bpr", ["--solver", "cg"], "--solver applies to --model ials only"),
+    ("ials", ["--alpha", "-1"], "--alpha must be"),
+    ("ials", ["--cg-steps", "0"], "--cg-steps must be"),
+    ("ials", ["--lambda", "-2"], "--lambda must be"),
+])
+def test_rank_options_of_another_model_are_refused(ratings_file, model, extra, message, capsys):
+    assert main(_args_model(ratings_file, model, *extra)) == 1
+    err = capsys.readouterr().err
+    assert "lfopt rank: error" in err and message in err
+
+
+def _write(path, pairs):
+    path.write_text("".join(f"{u}\t{i}\t1\n" for u, i in pairs))
+    return path
+
+
+def test_rank_user_owning_every_item_gets_a_clear_message(tmp_path, capsys):
+    # user 0 has every one of the 12 items; the others have 6 each
+    pairs = [(0, i) for i in range(12)] + [(u, (u + k) % 12) for u in range(1, 30) for k in range(6)]
+    path = _write(tmp_path / "own.tsv", pairs)
+    assert main(["rank", "--data", str(path), "--model", "pop", "--k-core", "3", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "1 test user(s) interacted with every item" in out and "nan" not in out.lower()
+    # every user owns every item: nothing to rank, a clear error instead of AUC nan
+    path = _write(tmp_path / "all.tsv", [(u, i) for u in range(6) for i in range(5)])
+    assert main(["rank", "--data", str(path), "--model", "ials", "--k-core", "3", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "interacted with every one of the 5 items" in err

@@ -7,3 +7,7 @@ from .io import load_model as load
 from .lf import LatentFactorModel
 
 __all__ = ["Recommender", "LatentFactorModel", "BPRMF", "BiasBaseline", "load", "as_interactions", "MODEL_CLASSES"]
+
+from .ials import ImplicitALS, PopularityRanker  # noqa: E402
+
+__all__ += ["ImplicitALS", "PopularityRanker"]
