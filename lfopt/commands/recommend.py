@@ -13,13 +13,18 @@ def add_parser(sub):
     p = sub.add_parser("recommend", help="top-k items for a user from a saved model (any model)",
                        description="Print the k items with the highest score for each given user (original "
                        "IDs), excluding the items the user had in training unless --include-seen. Works with "
-                       "any saved model (lfopt train --save, lfopt rank --save). An unknown user gets the most "
-                       "popular items, with a warning.")
+                       "any saved model (lfopt train --save, lfopt rank --save). A user unknown to the model is "
+                       "an error (exit status 1) unless --fallback, which recommends the most popular items "
+                       "(shrunk popularity: a damped mean rating, or the interaction count for ranking models).")
     p.add_argument("--model", required=True, metavar="MODEL.npz",
                    help="a model saved by 'lfopt train --save' or 'lfopt rank --save'")
     p.add_argument("--user", required=True, action="append", help="user ID (repeat for several users)")
     p.add_argument("-k", type=int, default=10, help="number of items (default: 10)")
     p.add_argument("--include-seen", action="store_true", help="also recommend items seen in training")
+    p.add_argument("--min-support", type=int, default=None, metavar="N",
+                   help="recommend only items with at least N training entries (default: 1)")
+    p.add_argument("--fallback", action="store_true",
+                   help="recommend popular items to users unknown to the model instead of failing")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
@@ -35,11 +40,35 @@ def _as_id(model, raw: str):
 
 
 def run(args) -> int:
+    import sys
+    import warnings
+
+    from ..errors import ConfigError
+
+    if args.min_support is not None and args.min_support < 1:
+        raise ConfigError(f"--min-support must be a positive integer, got {args.min_support}")
+    if args.k < 1:
+        raise ConfigError(f"-k must be a positive integer, got {args.k}")
     model = load_model(args.model)
+    ids = [_as_id(model, raw) for raw in args.user]
+    rows = model._user_rows(ids)
+    unknown = [raw for raw, r in zip(args.user, rows) if r < 0 or model.user_counts_[r] == 0]
+    if unknown and not args.fallback:
+        print(f"lfopt recommend: warning: {len(unknown)} user(s) unknown to the model: "
+              f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}; give --fallback to recommend the "
+              f"most popular items to them", file=sys.stderr)
+        return 1
     out = {}
-    for raw in args.user:
-        items, scores = model.recommend(_as_id(model, raw), k=args.k, exclude_seen=not args.include_seen)
+    for raw, uid in zip(args.user, ids):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # unknown users are reported below, once each
+            items, scores = model.recommend(uid, k=args.k, exclude_seen=not args.include_seen,
+                                            min_support=args.min_support)
         out[raw] = [{"item": np.asarray(i).item(), "score": float(s)} for i, s in zip(items, scores)]
+    if unknown:
+        print(f"lfopt recommend: warning: {len(unknown)} user(s) unknown to the model "
+              f"({', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}): recommended by popularity",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(out, indent=2))
     else:

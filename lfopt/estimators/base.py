@@ -272,8 +272,36 @@ class Recommender:
         _, _, _, io, g = self._factors()
         return (io.astype(np.float64) + g) if io is not None else self.item_counts_.astype(np.float64)
 
+    #: Damping (in entries) of the shrunk popularity that ranks items for unknown users.
+    popularity_damping = 25.0
+
+    def popularity(self) -> np.ndarray:
+        """The shrunk popularity that ranks items for a user the model does not know (model item order).
+
+        Rating models: the fallback's item score (mean plus item bias) shrunk toward the
+        global mean by the item's training count n_i, ``g + (s_i - g) n_i / (n_i +
+        popularity_damping)`` -- a damped mean rating, so an item with 2 high ratings
+        does not outrank one with 200.  Ranking models: the training count n_i.
+
+        >>> import lfopt
+        >>> data = lfopt.synthetic(n_users=200, n_items=100, nnz=8000, seed=0)
+        >>> pop = lfopt.BiasBaseline().fit(data).popularity()
+        >>> pop.shape
+        (100,)
+        """
+        self._check_fitted()
+        counts = self.item_counts_.astype(np.float64)
+        if self._task != "rating":
+            return counts
+        raw = np.asarray(self._fallback_scores(), dtype=np.float64)
+        center = getattr(self, "mu_", None)
+        if center is None or not np.isfinite(center):
+            center = float(np.average(raw, weights=counts)) if counts.sum() > 0 else float(raw.mean())
+        return center + (raw - center) * counts / (counts + float(self.popularity_damping))
+
     # ------------------------------------------------------------ recommend
-    def recommend(self, users=None, k: int = 10, exclude_seen: bool = True, items=None, chunk_size=None):
+    def recommend(self, users=None, k: int = 10, exclude_seen: bool = True, items=None, chunk_size=None,
+                  min_support: int | None = None):
         """Top-``k`` items for users given by original ID: ``(item_ids, scores)``, best first.
 
         ``users``: one ID (returns arrays of shape (k,)), a list/array of IDs (shape
@@ -282,17 +310,30 @@ class Recommender:
         user had in fit (training and validation data); items never seen in
         training are never recommended.  ``items`` restricts the candidates to
         these item IDs.  A user unknown to the model gets the popularity ranking
-        (with a warning).  Rows with fewer than k candidates are padded with
+        (with a warning): the shrunk popularity of :meth:`popularity`, not the raw item
+        bias.  ``min_support`` recommends only items with at least that many training
+        entries (default: 1).  Rows with fewer than k candidates are padded with
         score -inf and item ID -1 (None for non-numeric IDs).
+
+        >>> import lfopt
+        >>> data = lfopt.synthetic(n_users=200, n_items=100, nnz=8000, seed=0)
+        >>> model = lfopt.BiasBaseline().fit(data)
+        >>> items, _ = model.recommend(0, k=5, min_support=90)
+        >>> bool((model.item_counts_[model._item_cols(items)] >= 90).all())
+        True
         """
         self._check_fitted()
         k = _check_k(k)
+        if min_support is None:
+            min_support = 1
+        if isinstance(min_support, bool) or not isinstance(min_support, (int, np.integer)) or min_support < 1:
+            raise ConfigError(f"min_support must be a positive integer, got {min_support!r}")
         single = users is not None and np.ndim(users) == 0
         rows = np.arange(self.n_users_) if users is None else self._user_rows(users)
         if users is None:
             users = self.user_ids_
         U, V, uo, io, g = self._factors()
-        cand = np.flatnonzero(self.item_counts_ > 0)
+        cand = np.flatnonzero(self.item_counts_ >= max(int(min_support), 1))
         if items is not None:
             sel = self._item_cols(items)
             if (sel < 0).any():
@@ -333,7 +374,7 @@ class Recommender:
             warnings.warn(f"{len(bad)} user(s) unknown to the model or without training data (e.g. {bad[0]!r}): "
                           f"recommended by popularity",
                           stacklevel=2)
-            pop = self._fallback_scores()[cand]
+            pop = self.popularity()[cand]
             order = np.argsort(-pop, kind="stable")[:k]
             for r in np.flatnonzero(~known):
                 out_items[r, :len(order)] = cand[order]
@@ -400,6 +441,197 @@ class Recommender:
         if np.ndim(given) == 0:
             return ids[0][:kk], out_sc[0][:kk]
         return ids, out_sc
+
+    # ------------------------------------------------------ fold-in / grow
+    # The per-model hooks (a model that implements all three gets fold_in; partial_fit also
+    # needs ``_partial_fit``):
+    #
+    # * ``_fold_in_row(cols, values) -> state``: solve one user's row with the item side
+    #   fixed, from ``cols`` (int64 indices of trained items, unique) and ``values``
+    #   (float64, same length; ones for implicit data).  Pure: it must not change the model
+    #   (every row of a call is solved before anything is written, so an error leaves the
+    #   model as it was).  ``state`` is whatever ``_set_user_row`` takes.
+    # * ``_grow(n_users, n_items, init)``: extend the model arrays from their current sizes to
+    #   ``n_users`` / ``n_items`` rows (the ID maps and counts are already extended when it is
+    #   called: ``self.n_users_`` etc. hold the new sizes, the arguments the old ones).  New rows
+    #   are zeros, or initialized as ``fit`` would when ``init`` is True (partial_fit).
+    # * ``_set_user_row(row, state)``: write a state of ``_fold_in_row`` into user row ``row``.
+    _fold_in_needs_values = False
+
+    def fold_in(self, user, items=None, values=None, columns: dict | None = None):
+        """Add a new user, or re-solve a known one, from a few interactions: no retraining.
+
+        The user's row is solved with every item parameter fixed (the ridge solve of ALS
+        for the rating model, a few BPR gradient steps for BPR, the damped bias for the
+        baseline: see each model's ``_fold_in_row``).  ``user`` is one user ID, ``items``
+        its item IDs and ``values`` their ratings (required by rating models; implicit
+        models take None: all ones).  Or pass many users at once as ``fold_in(data)``
+        with an Interactions or a DataFrame (``columns`` as in ``fit``).
+
+        Item IDs unknown to the model (or never seen in training) are left out with a
+        warning; a user left with none is a DataError.  A repeated item keeps its last
+        value.  A known user's row is solved from the given interactions only (the model
+        keeps no ratings); its seen items become the old ones plus the new.  Afterwards
+        the user is known to ``predict``/``recommend`` (which excludes the folded-in
+        items), ``user_counts_`` holds the number of interactions the row was solved from,
+        and ``save``/``lfopt.load`` keep it.  Returns the model.
+
+        >>> import lfopt
+        >>> data = lfopt.synthetic(n_users=200, n_items=100, nnz=8000, seed=0)
+        >>> model = lfopt.LatentFactorModel(rank=4, epochs=5).fit(data)
+        >>> model = model.fold_in(10_000, items=[0, 1, 2], values=[5.0, 4.0, 1.0])   # a new user ID
+        >>> int(model.user_ids_[-1]), int(model.user_counts_[-1])
+        (10000, 3)
+        >>> items, _ = model.recommend(10_000, k=5)   # folded-in items excluded
+        >>> bool(set(items.tolist()) & {0, 1, 2})
+        False
+        """
+        self._check_fitted()
+        if items is None:
+            data = as_interactions(user, columns, "fold-in data")
+            if data.nnz == 0:
+                raise DataError("fold_in: the data holds no interaction")
+            order = np.argsort(data.users, kind="stable")
+            bounds = np.flatnonzero(np.diff(data.users[order])) + 1
+            groups = [(data.user_ids[data.users[g[0]]], data.item_ids[data.items[g]],
+                       data.values[g] if data.values is not None else None) for g in np.split(order, bounds)]
+        else:
+            if np.ndim(user) != 0:
+                raise DataError(f"fold_in: user must be one ID (pass a DataFrame or Interactions for several "
+                                f"users), got {type(user).__name__}")
+            groups = [(user, items, values)]
+        prepared = []
+        for uid, its, vals in groups:
+            cols, vals = self._fold_in_entries(uid, its, vals)
+            prepared.append((uid, cols, vals, self._fold_in_row(cols, vals)))
+        rows = self._user_rows([g[0] for g in prepared])
+        new = [g[0] for g, r in zip(prepared, rows) if r < 0]
+        if new:
+            self._extend_ids(new, [], init=False)
+            rows = self._user_rows([g[0] for g in prepared])
+        for r, (_, cols, _, state) in zip(rows, prepared):
+            self._set_user_row(int(r), state)
+            self.user_counts_[r] = len(cols)
+        self._add_seen(np.repeat(rows, [len(g[1]) for g in prepared]),
+                       np.concatenate([g[1] for g in prepared]))
+        return self
+
+    def _fold_in_entries(self, uid, items, values):
+        """(cols, values) of one user's fold-in interactions: known trained items only, unique."""
+        items = np.atleast_1d(np.asarray(items))
+        if items.ndim != 1 or len(items) == 0:
+            raise DataError(f"fold_in: user {uid!r}: items must be a non-empty list of item IDs")
+        if values is None:
+            if self._fold_in_needs_values:
+                raise DataError(f"fold_in: {type(self).__name__} predicts ratings: give values= (the user's "
+                                f"ratings of the items)")
+            vals = np.ones(len(items), dtype=np.float64)
+        else:
+            vals = np.atleast_1d(np.asarray(values, dtype=np.float64))
+            if vals.shape != items.shape:
+                raise DataError(f"fold_in: user {uid!r}: {len(items)} items but {len(vals)} values")
+            if not np.isfinite(vals).all():
+                raise DataError(f"fold_in: user {uid!r}: values must be finite, got {vals[~np.isfinite(vals)][0]!r}")
+        cols = self._item_cols(items)
+        ok = cols >= 0
+        ok[ok] = self.item_counts_[cols[ok]] > 0
+        if not ok.all():
+            bad = items[~ok]
+            warnings.warn(f"fold_in: user {uid!r}: {len(bad)} of {len(items)} item(s) unknown to the model or "
+                          f"never seen in training (e.g. {bad[0]!r}): left out", stacklevel=3)
+        if not ok.any():
+            raise DataError(f"fold_in: user {uid!r}: none of the {len(items)} item(s) is known to the model "
+                            f"(e.g. {items[0]!r}); nothing to fold in")
+        cols, vals = cols[ok].astype(np.int64), vals[ok]
+        last = len(cols) - 1 - np.unique(cols[::-1], return_index=True)[1]  # the last of repeated items
+        return cols[last], vals[last]
+
+    def _fold_in_row(self, cols, values):  # pragma: no cover - per model
+        raise ConfigError(f"{type(self).__name__} does not support fold_in")
+
+    def _grow(self, n_users: int, n_items: int, init: bool) -> None:  # pragma: no cover - per model
+        raise ConfigError(f"{type(self).__name__} cannot grow its ID maps")
+
+    def _set_user_row(self, row: int, state) -> None:  # pragma: no cover - per model
+        raise NotImplementedError
+
+    def _extend_ids(self, users, items, init: bool) -> None:
+        """Append new user/item IDs to the maps (counts 0, no seen items) and grow the model arrays."""
+        m, n = self.n_users_, self.n_items_
+        self.user_ids_ = _append_ids(self.user_ids_, users, "user")
+        self.item_ids_ = _append_ids(self.item_ids_, items, "item")
+        self.n_users_, self.n_items_ = len(self.user_ids_), len(self.item_ids_)
+        self.user_counts_ = np.concatenate([self.user_counts_, np.zeros(self.n_users_ - m, self.user_counts_.dtype)])
+        self.item_counts_ = np.concatenate([self.item_counts_, np.zeros(self.n_items_ - n, self.item_counts_.dtype)])
+        self.seen_indptr_ = np.concatenate([self.seen_indptr_,
+                                            np.full(self.n_users_ - m, self.seen_indptr_[-1], self.seen_indptr_.dtype)])
+        self._lookup = None
+        self._seen_data = None
+        self._grow(m, n, init)
+
+    def _add_seen(self, rows, cols) -> int:
+        """Add (row, col) pairs to the seen-items CSR; returns how many were not there yet (per row: see
+        ``_new_pairs_per_row``)."""
+        ptr, idx = self.seen_indptr_, self.seen_indices_
+        owner = np.repeat(np.arange(self.n_users_, dtype=np.int64), np.diff(ptr))
+        keys_old = owner * self.n_items_ + idx
+        keys = np.unique(np.asarray(rows, np.int64) * self.n_items_ + np.asarray(cols, np.int64))
+        fresh = keys[~np.isin(keys, keys_old)]
+        allk = np.union1d(keys_old, fresh)
+        r = allk // self.n_items_
+        out_ptr = np.zeros(self.n_users_ + 1, dtype=ptr.dtype)
+        np.cumsum(np.bincount(r, minlength=self.n_users_), out=out_ptr[1:])
+        self.seen_indptr_ = out_ptr
+        self.seen_indices_ = (allk % self.n_items_).astype(idx.dtype)
+        self._seen_data = None
+        self._new_pairs_per_row = np.bincount(fresh // self.n_items_, minlength=self.n_users_)
+        self._new_pairs_per_col = np.bincount(fresh % self.n_items_, minlength=self.n_items_)
+        return len(fresh)
+
+    def partial_fit(self, data, epochs: int | None = None, columns: dict | None = None):
+        """Continue training from the current parameters on ``data``; new users and items join.
+
+        ``data`` (Interactions, DataFrame or scipy.sparse; original IDs) may hold users
+        and items the model has never seen: the ID maps grow and their rows start as
+        ``fit`` would start them; every existing parameter is kept as the starting point.
+        The model then trains ``epochs`` epochs (default: the model's own) on ``data``
+        alone, with no validation and no early stopping; rows (users or items) absent
+        from ``data`` keep their parameters.  So pass the ratings you want the model to
+        fit (old and new, for ALS), not only the new ones, unless you want the rows they
+        touch refit on the new ones alone.  Counts and seen items grow by the new pairs.
+        Returns the model.
+
+        >>> import lfopt
+        >>> data = lfopt.synthetic(n_users=200, n_items=100, nnz=8000, seed=0)
+        >>> old, new = lfopt.random_split(data, 0.2, seed=0)
+        >>> model = lfopt.LatentFactorModel(rank=4, epochs=5).fit(old)
+        >>> n_before = model.n_users_
+        >>> model = model.partial_fit(data, epochs=2)
+        >>> model.n_users_ >= n_before
+        True
+        """
+        self._check_fitted()
+        data = as_interactions(data, columns, "partial_fit data")
+        if data.nnz == 0:
+            raise DataError("partial_fit: the data holds no interaction")
+        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer))
+                                   or epochs < 1):
+            raise ConfigError(f"epochs must be a positive integer or None, got {epochs!r}")
+        present_u = np.unique(data.users)
+        present_i = np.unique(data.items)
+        new_u = [x for x, r in zip(data.user_ids[present_u], self._user_rows(data.user_ids[present_u])) if r < 0]
+        new_i = [x for x, c in zip(data.item_ids[present_i], self._item_cols(data.item_ids[present_i])) if c < 0]
+        if new_u or new_i:
+            self._extend_ids(new_u, new_i, init=True)
+        train, _ = reindex(data, self.user_ids_, self.item_ids_, "train")
+        self._partial_fit(train, epochs)
+        self._add_seen(train.users, train.items)
+        self.user_counts_ = self.user_counts_ + self._new_pairs_per_row.astype(self.user_counts_.dtype)
+        self.item_counts_ = self.item_counts_ + self._new_pairs_per_col.astype(self.item_counts_.dtype)
+        return self
+
+    def _partial_fit(self, train: Interactions, epochs: int | None) -> None:  # pragma: no cover - per model
+        raise ConfigError(f"{type(self).__name__} does not support partial_fit")
 
     # ------------------------------------------------------------- evaluate
     def evaluate(self, test, kind: str | None = None, ks=DEFAULT_KS, threshold: float | None = None,
@@ -471,6 +703,30 @@ class Recommender:
         raise NotImplementedError
 
 
+def _append_ids(id_map: np.ndarray, new, what: str) -> np.ndarray:
+    """``id_map`` with the IDs ``new`` appended, keeping its kind (integers stay integers of the same
+    dtype, strings stay strings); an ID of another kind or out of the dtype's range is a DataError."""
+    new = list(new)
+    if not new:
+        return id_map
+    if id_map.dtype.kind in "iu":
+        out = []
+        info = np.iinfo(id_map.dtype)
+        for x in new:
+            if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+                raise DataError(f"{what} ID {x!r}: the model's {what} IDs are integers")
+            if not info.min <= int(x) <= info.max:
+                raise DataError(f"{what} ID {x!r} is out of the range of the model's {what} IDs ({id_map.dtype})")
+            out.append(int(x))
+        return np.concatenate([id_map, np.array(out, dtype=id_map.dtype)])
+    for x in new:
+        if not isinstance(x, (str, np.str_)):
+            raise DataError(f"{what} ID {x!r}: the model's {what} IDs are strings")
+    if id_map.dtype == object:
+        return np.concatenate([id_map, np.array([str(x) for x in new], dtype=object)])
+    return np.concatenate([id_map, np.array([str(x) for x in new])])
+
+
 def _same(a, b) -> bool:
     try:
         return bool(a == b) and type(a) is type(b)
@@ -482,6 +738,8 @@ class RatingRecommender(Recommender):
     """A model that predicts ratings: ``evaluate(test)`` scores RMSE/MAE of ``_predict_indices``
     (which returns the clipped predictions and the mask of pairs predicted by a fallback)."""
 
+    _fold_in_needs_values = True
+
     def _predict_indices(self, rows, cols, clip: bool = True):  # pragma: no cover - per model
         raise NotImplementedError
 
@@ -492,8 +750,18 @@ class RatingRecommender(Recommender):
         return rating_metrics(pred, truth, unseen, policy)
 
     def _evaluate_rating(self, test: Interactions, unseen: str) -> dict:
+        """RMSE/MAE; ``n`` is the number of pairs scored, ``n_dropped`` those left out by
+        ``unseen="drop"`` (each counted once: ``n + n_dropped`` = the test size), ``n_unseen``
+        the pairs with a user or item unseen in training (dropped or predicted by the fallback)."""
+        if test.nnz == 0:
+            raise DataError("the test data is empty: nothing to evaluate")
         if same_index_space(test, self.user_ids_, self.item_ids_):
             rows, cols = test.users, test.items
         else:
             rows, cols = self._user_rows(test.user_ids[test.users]), self._item_cols(test.item_ids[test.items])
-        return self._score_indices(rows, cols, test.values, unseen)
+        out = self._score_indices(rows, cols, test.values, unseen)
+        if unseen == "drop" and out["n"] == 0:
+            raise DataError(f"all {test.nnz} test pairs have a user or item unseen in training; with unseen='drop' "
+                            f"nothing is left to score (use unseen='bias' to score them by the fallback)")
+        out["n_dropped"] = test.nnz - out["n"] if unseen == "drop" else 0
+        return out

@@ -244,6 +244,22 @@ class BiasBaseline(RatingRecommender):
             np.clip(pred, *self.rating_range_, out=pred)
         return pred, ~(seen_u & seen_i)
 
+    # ---------------------------------------------------------------- fold-in
+    def _fold_in_row(self, cols, values):
+        """The damped user bias with the item biases fixed (the user half-step of ``fit``):
+        b_u = sum_i (r_ui - mu - b_i) / (n_u + lam_u_)."""
+        res = np.asarray(values, dtype=np.float64) - self.mu_ - self.item_bias_[cols]
+        den = len(cols) + self.lam_u_
+        return float(res.sum() / den) if den > 0 else 0.0
+
+    def _set_user_row(self, row: int, state) -> None:
+        self.user_bias_[row] = state
+
+    def _grow(self, n_users: int, n_items: int, init: bool) -> None:
+        """New users and items start with bias 0 (as ``fit`` starts them)."""
+        self.user_bias_ = np.concatenate([self.user_bias_, np.zeros(self.n_users_ - n_users)])
+        self.item_bias_ = np.concatenate([self.item_bias_, np.zeros(self.n_items_ - n_items)])
+
     # ----------------------------------------------------------------- files
     def _state_arrays(self) -> dict:
         return {"user_bias": np.asarray(self.user_bias_), "item_bias": np.asarray(self.item_bias_)}

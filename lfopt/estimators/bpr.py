@@ -318,6 +318,82 @@ class BPRMF(Recommender):
         layout = LambdaLayout(self.effective_granularity, self.n_users_, self.n_items_, int(self.rank))
         return layout.user_view(self.lambda_), layout.item_view(self.lambda_)
 
+    # ---------------------------------------------------------------- fold-in
+    #: fold_in's optimization of one user's row: full-batch Adam steps, learning rate,
+    #: uniform negatives per positive (resampled every step).
+    fold_in_steps, fold_in_lr, fold_in_negatives = 100, 0.05, 8
+
+    def _user_lambda(self):
+        """The factor lambda a user row gets: the fixed lambda, or the learned users' Lambda
+        averaged over users ((rank,) for D/DU/DUI, a scalar for global)."""
+        uv = np.asarray(self.lambda_arrays()[0], dtype=np.float64)
+        lam = uv.mean(axis=0)
+        return float(lam[0]) if lam.size == 1 else lam
+
+    def _fold_in_row(self, cols, values):
+        """A user's row from its positives with the items fixed: ``fold_in_steps`` full-batch Adam
+        steps (lr ``fold_in_lr``) on the mean BPR loss -log sigma(p . (q_i - q_j) + b_i - b_j) over
+        the positives i, each with ``fold_in_negatives`` uniform negatives j among the trained
+        items that are not positives (resampled every step), plus the model's lambda ||p||^2 per
+        triple (as in training); starts from N(0, init_scale^2), seeded by ``seed`` and the items.
+        ``values`` are ignored (positives)."""
+        P, Q, b = self.layout_.unpack(self.params_)
+        f = int(self.rank)
+        Q64 = np.asarray(Q, dtype=np.float64)
+        b64 = np.asarray(b, dtype=np.float64) if len(b) else np.zeros(len(Q))
+        rng = np.random.default_rng([int(self.seed), len(cols), int(np.sum(cols)) % (2 ** 31)])
+        cand = np.flatnonzero(self.item_counts_ > 0)
+        cand = cand[~np.isin(cand, cols)]
+        x = rng.normal(0.0, float(self.init_scale), f)
+        if len(cand) == 0:  # the user owns every item: nothing to rank against
+            return x.astype(np.float32)
+        lam = self._user_lambda()
+        m1, m2 = np.zeros(f), np.zeros(f)
+        b1, b2, eps, lr = 0.9, 0.999, 1e-8, float(self.fold_in_lr)
+        qi, bi = Q64[cols], b64[cols]
+        for t in range(1, int(self.fold_in_steps) + 1):
+            j = cand[rng.integers(0, len(cand), (len(cols), int(self.fold_in_negatives)))]
+            d = qi[:, None, :] - Q64[j]
+            z = d @ x + (bi[:, None] - b64[j])
+            w = 1.0 / (1.0 + np.exp(np.clip(z, -30, 30)))  # sigma(-z)
+            g = -np.einsum("ab,abf->f", w, d) / w.size + 2.0 * lam * x
+            m1 = b1 * m1 + (1 - b1) * g
+            m2 = b2 * m2 + (1 - b2) * g * g
+            x -= lr * (m1 / (1 - b1 ** t)) / (np.sqrt(m2 / (1 - b2 ** t)) + eps)
+        return x.astype(np.float32)
+
+    def _set_user_row(self, row: int, state) -> None:
+        self.layout_.unpack(self.params_, "P")[0][row] = state
+
+    def _grow(self, n_users: int, n_items: int, init: bool) -> None:
+        """Extend P, Q, b (and a per-user/per-item Lambda, new rows getting the mean) to the current
+        sizes; new factor rows are zeros, or N(0, init_scale^2) as in ``fit`` with ``init``."""
+        from ..models.base import ParamLayout
+        from ..regularizers.lambda_opt import LambdaLayout
+
+        m, n, f = self.n_users_, self.n_items_, int(self.rank)
+        P, Q, b = self.layout_.unpack(self.params_)
+        rng = np.random.default_rng([int(self.seed), n_users, n_items, m, n])
+
+        def rows(k):
+            if not init or k == 0:
+                return np.zeros((k, f), np.float32)
+            return rng.normal(0.0, float(self.init_scale), (k, f)).astype(np.float32)
+
+        nb = n if self.item_bias else 0
+        b_new = np.concatenate([b, np.zeros(nb - len(b), np.float32)])
+        old_layout = LambdaLayout(self.effective_granularity, n_users, n_items, f)
+        uv, iv = old_layout.user_view(self.lambda_), old_layout.item_view(self.lambda_)
+        if old_layout.per_user:
+            uv = np.vstack([uv, np.repeat(uv.mean(axis=0, keepdims=True), m - n_users, axis=0)])
+        if old_layout.per_item:
+            iv = np.vstack([iv, np.repeat(iv.mean(axis=0, keepdims=True), n - n_items, axis=0)])
+        lam = uv.ravel() if old_layout.shared else np.concatenate([uv.ravel(), iv.ravel()])
+        self.lambda_ = np.ascontiguousarray(lam, dtype=np.asarray(self.lambda_).dtype)
+        self.layout_ = ParamLayout((("P", (m, f)), ("Q", (n, f)), ("b_i", (nb,))))
+        self.params_ = np.concatenate([np.vstack([P, rows(m - n_users)]).ravel(),
+                                       np.vstack([Q, rows(n - n_items)]).ravel(), b_new]).astype(np.float32)
+
     # ----------------------------------------------------------------- files
     def _state_arrays(self) -> dict:
         return {"params": np.asarray(self.params_), "lam": np.asarray(self.lambda_)}

@@ -375,8 +375,12 @@ class LatentFactorModel(RatingRecommender):
         return out
 
     def _state_meta(self) -> dict:
-        return {"mu": self.mu_, "global_mean": self.global_mean_, "rating_range": list(self.rating_range_),
+        meta = {"mu": self.mu_, "global_mean": self.global_mean_, "rating_range": list(self.rating_range_),
                 "layout": self.layout_.to_meta(), "n_samples": self.n_samples_}
+        meta["scale"] = float(getattr(self, "scale_", 1.0))  # the standardization unit (fold_in, partial_fit)
+        if self.lam == "learn" and hasattr(self, "objective_"):  # the learned penalty a new row gets
+            meta["fold_in_penalty"] = [np.asarray(c, dtype=np.float64).tolist() for c in self._fold_in_penalty()]
+        return meta
 
     def _set_state(self, arrays: dict, meta: dict) -> None:
         from ..errors import ModelFileError
@@ -392,6 +396,216 @@ class LatentFactorModel(RatingRecommender):
         if self.params_.shape != (self.layout_.size,):
             raise ModelFileError("damaged lfopt model file (parameter vector has the wrong size)")
         self.posterior_ = _posterior_from_file(arrays, meta, m, n, f, self.use_bias)
+        scale = meta.get("scale", 1.0)  # absent in older files (then 1: fold_in's penalty in rating units)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not np.isfinite(scale) or scale <= 0:
+            raise ModelFileError(f"damaged lfopt model file (state 'scale' must be a number > 0, found {scale!r})")
+        self.scale_ = float(scale)
+        if meta.get("fold_in_penalty") is not None:
+            try:
+                pen = tuple(np.asarray(c, dtype=np.float64) for c in meta["fold_in_penalty"])
+                ok = len(pen) == 4 and all(np.isfinite(c).all() and (c >= 0).all() for c in pen)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ModelFileError("damaged lfopt model file (state 'fold_in_penalty' is not 4 lists of numbers >= 0)")
+            self.fold_in_penalty_ = pen
+
+    # -------------------------------------------------- fold-in / partial_fit
+    def _fold_in_penalty(self):
+        """``(cx0, cx1, cb0, cb1)``: a row with n entries gets the factor weights cx0 + cx1 n (scalars
+        or (rank,) arrays) and the bias weight cb0 + cb1 n, in standardized units, as in training.
+
+        Fixed L2: lam0 + lam n and lam0_b + lam_b n (the model's own parameters).  Learned
+        Lambda (``lam="learn"``): the median over the trained users of their learned weight
+        per unit of row scale, times the regularizer's row scale (a0 + a1 n); saved in the
+        model file, so a reloaded model folds in with the same penalty.
+        """
+        pen = getattr(self, "fold_in_penalty_", None)
+        if pen is not None:
+            return pen
+        if self.lam != "learn":
+            from ..regularizers import L2
+
+            reg = L2(self.lam, self.lam_b, lam0=self.lam0, lam0_b=self.lam0_b)
+            return reg.lam0, reg.lam, reg.lam0_b, reg.lam_b
+        obj = getattr(self, "objective_", None)
+        reg = getattr(obj, "regularizer", None)
+        try:
+            cu = np.asarray(obj._counts[0], dtype=np.float64)
+            has = cu > 0
+            wu, _, wbu, _ = (np.asarray(w, dtype=np.float64) for w in obj.row_weights)
+            su = reg._row_scale(reg.scale, cu)
+            sb = reg._row_scale(reg.bias_scale, cu)
+            per = wu[has] / (su[has][:, None] if wu.ndim == 2 else su[has])
+            per = np.median(per, axis=0)
+            per_b = float(np.median(wbu[has] / sb[has])) if wbu.size else 0.0
+            pen = (per * reg.scale[0], per * reg.scale[1], per_b * reg.bias_scale[0], per_b * reg.bias_scale[1])
+        except (AttributeError, TypeError, ValueError, IndexError) as exc:
+            raise ConfigError(f"fold_in: this model's learned regularization (lam='learn') is not available "
+                              f"({type(exc).__name__}: {exc}); refit it") from None
+        self.fold_in_penalty_ = pen
+        return pen
+
+    def _fold_in_weights(self, n: int):
+        """(factor weights (rank,), bias weight) of a row with ``n`` entries, float64, standardized units;
+        float32 products like :class:`~lfopt.regularizers.L2`, and a zero factor weight replaced by
+        1e-6 n as ALS does."""
+        cx0, cx1, cb0, cb1 = self._fold_in_penalty()
+        f32 = np.float32
+        wx = np.broadcast_to(np.asarray(f32(cx1) * f32(n) + f32(cx0), dtype=np.float64), (int(self.rank),)).copy()
+        wx[wx == 0.0] = 1e-6 * n
+        wb = float(np.float32(f32(cb1) * f32(n) + f32(cb0)))
+        return wx, wb
+
+    def _ridge_row(self, Q, bi, cols, target, wx, wb):
+        """argmin_{x, b} sum_k (target_k - bi[c_k] - b - x . Q[c_k])^2 + sum_d wx_d x_d^2 + wb b^2
+        (no b without ``use_bias``); all in standardized units, float64."""
+        Y = np.asarray(Q[cols], dtype=np.float64)
+        t = np.asarray(target, dtype=np.float64)
+        if self.use_bias:
+            t = t - np.asarray(bi[cols], dtype=np.float64)
+            Y = np.hstack([Y, np.ones((len(cols), 1))])
+            D = np.append(wx, wb)
+        else:
+            D = wx
+        A = Y.T @ Y + np.diag(D)
+        rhs = Y.T @ t
+        try:
+            z = np.linalg.solve(A, rhs)
+        except np.linalg.LinAlgError:
+            z = np.linalg.lstsq(A, rhs, rcond=None)[0]
+        return (z[:-1], float(z[-1])) if self.use_bias else (z, 0.0)
+
+    def _fold_in_row(self, cols, values):
+        """The ALS ridge solve of one user's row with the items fixed: the same penalty as training
+        (``_fold_in_weights(len(cols))``) in the standardized units the model was trained in.
+
+        After Gibbs sampling the row is solved against each kept sample's item factors (with the
+        posterior-mean item biases) and the solutions side by side form its posterior-mean row
+        (bias: their mean); the point parameters ``params_`` get the solve against the last sample.
+        Returns ``(b_u, p_u, posterior (b_u, P row) or None)`` in rating units.
+        """
+        s = float(getattr(self, "scale_", 1.0))
+        rs = np.float64(np.sqrt(s))
+        wx, wb = self._fold_in_weights(len(cols))
+        target = np.asarray(values, dtype=np.float64) / s - (self.mu_ / s if self.use_bias else 0.0)
+        bu, bi, P, Q = self.layout_.unpack(self.params_)
+        x, b = self._ridge_row(Q / rs, bi / s, cols, target, wx, wb)
+        post = None
+        if getattr(self, "posterior_", None) is not None:
+            pbu, pbi, PP, PQ = self.posterior_
+            f = int(self.rank)
+            S = PQ.shape[1] // f
+            xs, bs = [], []
+            for k in range(S):  # PQ = [Q_1 ... Q_S] / sqrt(S)
+                Qk = PQ[:, k * f:(k + 1) * f] * np.float64(np.sqrt(S))
+                xk, bk = self._ridge_row(Qk / rs, pbi / s, cols, target, wx, wb)
+                xs.append(xk)
+                bs.append(bk)
+            post = (float(np.mean(bs)) * s, np.concatenate(xs) * rs / np.sqrt(S))
+        return b * s, x * rs, post
+
+    def _set_user_row(self, row: int, state) -> None:
+        b, x, post = state
+        bu, _, P, _ = self.layout_.unpack(self.params_)
+        P[row] = x
+        if self.use_bias:
+            bu[row] = b
+        if post is not None and getattr(self, "posterior_", None) is not None:
+            pbu, _, PP, _ = self.posterior_
+            PP[row] = post[1]
+            if self.use_bias:
+                pbu[row] = post[0]
+
+    def _grow(self, n_users: int, n_items: int, init: bool) -> None:
+        """Extend b_u, b_i, P, Q (and the posterior mean) from n_users/n_items rows to the model's
+        current ``n_users_``/``n_items_``: zeros, or with ``init`` factors drawn as ``fit`` draws them
+        (N(0, init_scale^2 / rank) in standardized units, seeded by ``seed`` and the sizes)."""
+        from ..models.base import ParamLayout
+
+        m, n, f = self.n_users_, self.n_items_, int(self.rank)
+        bu, bi, P, Q = self.layout_.unpack(self.params_)
+        s = float(getattr(self, "scale_", 1.0))
+        rng = np.random.default_rng([int(self.seed), n_users, n_items, m, n])
+
+        def rows(k):
+            if not init or k == 0:
+                return np.zeros((k, f), np.float32)
+            out = rng.normal(0.0, self.init_scale / np.sqrt(f), (k, f))
+            if not self.use_bias:
+                out += np.sqrt(max(self.global_mean_ / s, 0.0) / f)
+            return (out * np.sqrt(s)).astype(np.float32)
+
+        nb = (m, n) if self.use_bias else (0, 0)
+        layout = ParamLayout((("b_u", (nb[0],)), ("b_i", (nb[1],)), ("P", (m, f)), ("Q", (n, f))))
+        parts = {"b_u": np.concatenate([bu, np.zeros(nb[0] - len(bu), np.float32)]),
+                 "b_i": np.concatenate([bi, np.zeros(nb[1] - len(bi), np.float32)]),
+                 "P": np.vstack([P, rows(m - n_users)]), "Q": np.vstack([Q, rows(n - n_items)])}
+        self.params_ = np.concatenate([parts[k].ravel() for k in ("b_u", "b_i", "P", "Q")]).astype(np.float32)
+        self.layout_ = layout
+        post = getattr(self, "posterior_", None)
+        if post is not None:
+            pbu, pbi, PP, PQ = post
+            self.posterior_ = (np.concatenate([pbu, np.zeros(nb[0] - len(pbu), pbu.dtype)]),
+                               np.concatenate([pbi, np.zeros(nb[1] - len(pbi), pbi.dtype)]),
+                               np.vstack([PP, np.zeros((m - n_users, PP.shape[1]), PP.dtype)]),
+                               np.vstack([PQ, np.zeros((n - n_items, PQ.shape[1]), PQ.dtype)]))
+
+    def _from_raw(self, params) -> np.ndarray:
+        """The inverse of :meth:`_to_raw`: rating-unit parameters back in standardized units (float32)."""
+        out = np.array(params, dtype=np.float32, copy=True)
+        scale = float(getattr(self, "scale_", 1.0))
+        if scale != 1.0:
+            bu, bi, P, Q = self.layout_.unpack(out)
+            bu /= scale
+            bi /= scale
+            P /= np.float32(np.sqrt(scale))
+            Q /= np.float32(np.sqrt(scale))
+        return out
+
+    def _partial_fit(self, train: Interactions, epochs: int | None) -> None:
+        """``epochs`` epochs of the model's optimizer on ``train`` (in the grown index space) from the
+        current parameters, with the training mean and standardization of the original fit and the
+        same penalty form (counts of ``train``); rows absent from ``train`` keep their parameters."""
+        from ..optim.base import make_optimizer
+        from ..regularizers import L2
+        from ..train.trainer import Trainer
+
+        if getattr(self, "posterior_", None) is not None or self._plan()["optimizer"] == "gibbs":
+            raise ConfigError("partial_fit is not available for a Gibbs-sampled model (optimizer='gibbs' or "
+                              "preset='accurate'): use fold_in for new users, or fit again")
+        scale = float(getattr(self, "scale_", 1.0))
+        fit_train = train if scale == 1.0 else train.with_values(train.values / scale)
+        if self.lam == "learn":
+            cx0, cx1, cb0, cb1 = self._fold_in_penalty()
+            if np.ndim(cx0) or np.ndim(cx1):
+                raise ConfigError(f"partial_fit: a learned per-dimension Lambda (granularity="
+                                  f"{self.granularity!r}) cannot be carried to new rows; fit again")
+            reg = L2(float(cx1), float(cb1), lam0=float(cx0), lam0_b=float(cb0))
+        else:
+            reg = None
+        obj = self._make_objective(fit_train, None, reg)
+        if self.use_bias:
+            obj.mu = float(np.float32(self.mu_ / scale))  # the biases are relative to the original mean
+        old = self.params_.copy()
+        bk = obj.backend
+        y = bk.asarray(self._from_raw(self.params_))
+        opt = make_optimizer(self._plan()["optimizer"], seed=self.seed, **self.optimizer_options)
+        trainer = Trainer(int(epochs or self.epochs), None, verbose=self.verbose, metric="rmse",
+                          label=f"latent factor model (rank {self.rank}), partial_fit")
+        result = trainer.run(obj, opt, y, None)
+        new = self._to_raw(bk.to_numpy(y))
+        for which, counts in (("b_u", train.user_counts()), ("b_i", train.item_counts()),
+                              ("P", train.user_counts()), ("Q", train.item_counts())):
+            a_new, a_old = self.layout_.unpack(new, which)[0], self.layout_.unpack(old, which)[0]
+            if len(a_new):
+                a_new[counts == 0] = a_old[counts == 0]
+        self.params_ = new
+        self.history_ = list(self.history_) + [{**row, "phase": "partial_fit"} for row in result.history]
+        lo, hi = self.rating_range_
+        self.rating_range_ = (min(lo, float(train.values.min())), max(hi, float(train.values.max())))
+        if result.stopped == "diverged":
+            warnings.warn(result.message, RuntimeWarning, stacklevel=3)
 
 
 # --------------------------------------------------- samplers (lfopt.optim.gibbs)
