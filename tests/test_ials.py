@@ -301,3 +301,37 @@ def test_bad_values_and_damaged_files(tmp_path, split):
     np.savez(bad, **arrays)
     with pytest.raises(ModelFileError, match="damaged"):
         lfopt.load(bad)
+
+
+def test_fold_in_of_a_held_out_user_matches_the_training_solve():
+    """Folding a user in with the items fixed is the exact row solve of training: a user
+    trained with the others and then re-solved from the same items gets the same row."""
+    import lfopt
+
+    data = lfopt.to_implicit(lfopt.synthetic(n_users=120, n_items=80, nnz=3000, seed=5))
+    model = lfopt.ImplicitALS(rank=6, epochs=4, solver="cholesky", seed=1).fit(data)
+    u = 7
+    items = data.item_ids[data.csr.indices[data.csr.indptr[u]:data.csr.indptr[u + 1]]]
+    vals = data.csr.data[data.csr.indptr[u]:data.csr.indptr[u + 1]]
+    before = model.P_.copy()
+    model.fold_in(10**6, items=items, values=vals)
+    assert model.n_users_ == before.shape[0] + 1
+    # the last sweep solved the items after the users: re-solve user u now against the final Q
+    model.fold_in(data.user_ids[u], items=items, values=vals)
+    np.testing.assert_allclose(model.P_[-1], model.P_[u], rtol=1e-4, atol=1e-5)
+    assert np.array_equal(model.P_[:u], before[:u])
+    recs, _ = model.recommend(10**6, k=5)
+    assert not set(recs.tolist()) & set(items.tolist())
+
+
+def test_popularity_fold_in_excludes_the_users_items(tmp_path):
+    import lfopt
+
+    data = lfopt.synthetic(n_users=60, n_items=40, nnz=900, seed=2)
+    model = lfopt.PopularityRanker().fit(data)
+    top, _ = model.recommend(data.user_ids[0], k=3, exclude_seen=False)
+    model.fold_in(10**6, items=top[:2])
+    recs, _ = model.recommend(10**6, k=3)
+    assert not set(recs.tolist()) & set(top[:2].tolist())
+    again = lfopt.load(model.save(tmp_path / "pop.npz"))
+    assert np.array_equal(again.recommend(10**6, k=3)[0], recs)

@@ -359,6 +359,31 @@ class ImplicitALS(Recommender):
                            int(cg_steps), out, blas)
         return out[0]
 
+    # ------------------------------------------------------ fold-in (base hooks)
+    def _fold_in_row(self, cols, values):
+        """A user's row from its interactions with the items fixed: the exact row solve of
+        training (:meth:`user_factors_for`, confidences from ``values``)."""
+        return self.user_factors_for(cols, values)
+
+    def _set_user_row(self, row: int, state) -> None:
+        self.layout_.unpack(self.params_, "P")[0][row] = state
+
+    def _grow(self, n_users: int, n_items: int, init: bool) -> None:
+        """Extend P and Q to the current sizes: new rows zeros, or N(0, init_scale^2 / rank) with ``init``."""
+        m, n, f = self.n_users_, self.n_items_, int(self.rank)
+        P, Q = (np.array(a) for a in self.layout_.unpack(self.params_))
+        rng = np.random.default_rng([int(self.seed), n_users, n_items, m, n])
+
+        def rows(k):
+            out = np.zeros((k, f), np.float32)
+            if init and k:
+                out[:] = rng.normal(0.0, float(self.init_scale) / np.sqrt(f), (k, f))
+            return out
+
+        self.layout_ = ParamLayout((("P", (m, f)), ("Q", (n, f))))
+        self.params_ = np.concatenate([P.ravel(), rows(m - n_users).ravel(), Q.ravel(),
+                                       rows(n - n_items).ravel()]).astype(np.float32)
+
     # ----------------------------------------------------------------- files
     def _state_arrays(self) -> dict:
         return {"params": np.asarray(self.params_)}
@@ -455,6 +480,18 @@ class PopularityRanker(Recommender):
 
     def _fallback_scores(self) -> np.ndarray:
         return np.asarray(self.scores_, dtype=np.float64)
+
+    # fold-in: a user has no parameters here; folding one in records its items (excluded from
+    # its recommendations), new items score 0
+    def _fold_in_row(self, cols, values):
+        return None
+
+    def _set_user_row(self, row: int, state) -> None:
+        pass
+
+    def _grow(self, n_users: int, n_items: int, init: bool) -> None:
+        self.scores_ = np.concatenate([np.asarray(self.scores_, np.float64), np.zeros(self.n_items_ - n_items)])
+
 
     def similar_items(self, items, k: int = 10):
         raise ConfigError("PopularityRanker has no item factors: similar_items needs a factor model "
