@@ -46,3 +46,7 @@ __all__ = [
 from .estimators.ials import ImplicitALS, PopularityRanker  # noqa: E402
 
 __all__ += ["ImplicitALS", "PopularityRanker"]
+
+from .data.split import align_test, train_test_files  # noqa: E402
+
+__all__ += ["align_test", "train_test_files"]

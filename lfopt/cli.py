@@ -7,7 +7,9 @@ Subcommands live in modules under :mod:`lfopt.commands`; each has
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import warnings
 
 from .errors import LfoptError
 
@@ -39,20 +41,43 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         p = module.add_parser(sub)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _flags=getattr(module, "FLAG_NAMES", None))
     return parser
 
 
+def _setup_logging(quiet: bool) -> logging.Handler:
+    """Library messages (logger ``lfopt``) go to stderr as plain lines; --quiet keeps only errors."""
+    logger = logging.getLogger("lfopt")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.ERROR if quiet else logging.INFO)
+    logger.propagate = False
+    return handler
+
+
 def main(argv=None) -> int:
+    from .commands.common import cli_output, to_flags
+    from .errors import ConfigError, DataError, DivergenceError
+    from .train.trainer import progress_style
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    args._argv = argv
+    quiet = bool(getattr(args, "quiet", False))
     try:
-        return int(args._run(args) or 0)
+        with cli_output(args.command, quiet), progress_style(getattr(args, "progress", None)):
+            return int(args._run(args) or 0)
     except (LfoptError, FileExistsError) as exc:
-        print(f"lfopt {args.command}: error: {exc}", file=sys.stderr)
+        text = str(exc)
+        if isinstance(exc, (ConfigError, DivergenceError, DataError)):
+            # the library names its Python parameters (lam); the user typed flags (--lambda)
+            text = to_flags(text, getattr(args, "_flags", None))
+        print(f"lfopt {args.command}: error: {text}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"lfopt {args.command}: interrupted", file=sys.stderr)

@@ -101,9 +101,7 @@ class TestTrain:
 
     def test_preset_accurate_averages_samples_within_the_budget(self, trained, tmp_path, capsys):
         out = tmp_path / "acc.json"
-        # compile the sampler's kernels first: the budget is for sweeps, not for numba
-        warm = lfopt.synthetic(n_users=30, n_items=20, nnz=200, seed=0)
-        lfopt.LatentFactorModel(rank=3, optimizer="gibbs", epochs=7, validation=None).fit(warm)
+        # 'lfopt train' compiles the sampler's kernels first: the budget is for sweeps, not for numba
         args = ["train", "--data", str(trained["data"]), "--rank", "3", "--preset", "accurate",
                 "--time-budget", "1.5", "--output", str(out), "--quiet"]
         assert main(args) == 0
@@ -128,7 +126,12 @@ class TestTrain:
     def test_progress_and_quiet(self, small_ratings_file, tmp_path, capsys):
         assert main(train_args(small_ratings_file)) == 0
         loud = capsys.readouterr()
-        assert "epoch   1" in loud.err and "epoch   2" in loud.err
+        # not a terminal: one line per epoch under a header of labelled columns
+        lines = loud.err.splitlines()
+        header = next(line for line in lines if line.split()[:2] == ["epoch", "train_loss"])
+        assert "epoch_s" in header and "total_s" in header
+        rows = [line.split() for line in lines if line.split() and line.split()[0] in ("1", "2")]
+        assert [r[0] for r in rows][:2] == ["1", "2"] and len(rows[0]) == len(header.split())  # then the refit
         assert main(train_args(small_ratings_file, "--quiet")) == 0
         quiet = capsys.readouterr()
         assert quiet.err == ""
@@ -196,11 +199,11 @@ class TestTrain:
 class TestEvaluate:
     def test_evaluate_saved_model(self, trained, tmp_path, capsys):
         out = tmp_path / "eval.json"
-        rc = main(["evaluate", "--model", str(trained["model"]), "--data", str(trained["data"]),
+        rc = main(["evaluate", "--model", str(trained["model"]), "--data", str(trained["data"]), "--all",
                    "--output", str(out)])
         assert rc == 0
         res = json.loads(out.read_text())
-        assert {"rmse", "mae", "n"} <= set(res) and res["n"] == 2400
+        assert {"rmse", "mae", "n"} <= set(res) and res["n"] == 2400 and res["part"] == "all"
         model = lfopt.load(trained["model"])
         expected = model.evaluate(lfopt.load_data(trained["data"]))
         assert res["rmse"] == pytest.approx(expected["rmse"])
@@ -279,8 +282,12 @@ class TestRecommend:
         assert out.count("item ") == 10
 
     def test_unknown_user_gets_popular_items(self, trained, capsys):
+        # an unknown user is an error unless the fallback (popular items) is asked for
         assert main(["recommend", "--model", str(trained["model"]), "--user", "no-such-user", "-k", "3",
-                     "--json"]) == 0
+                     "--json"]) != 0
+        assert "no-such-user" in capsys.readouterr().err
+        assert main(["recommend", "--model", str(trained["model"]), "--user", "no-such-user", "-k", "3",
+                     "--json", "--fallback"]) == 0
         assert len(json.loads(capsys.readouterr().out)["no-such-user"]) == 3
 
     def test_string_id_model(self, tmp_path, string_id_model, capsys):

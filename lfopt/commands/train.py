@@ -1,18 +1,37 @@
-"""``lfopt train``: fit a latent factor model and report test accuracy."""
+"""``lfopt train``: fit a latent factor model and report test accuracy.
+
+The protocol: a held-out test part (``--test-fraction`` of the ratings at random,
+the fixed split of a file that has one, or a second file given by ``--test``),
+a validation part carved from the training part for early stopping
+(``--valid-fraction``; the model is then refit on the whole training part for
+the chosen number of epochs), and the test part scored once at the end.  The
+kernels are compiled (or loaded from numba's cache) on a tiny problem first, so
+that the reported training time is training only (``compile_seconds`` apart).
+``--save`` keeps the data's description and the split in the model file, so
+that ``lfopt evaluate --model M --data SAME-FILE`` scores the held-out part.
+"""
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import math
+import os
 import time
+import warnings
 
-from ..errors import DivergenceError
+from ..data.split import align_test, fixed_split, random_split
+from ..errors import ConfigError, DataError, DivergenceError
 from ..estimators import LatentFactorModel
 from ..optim.base import make_optimizer
-from ..results import check_writable, model_path, peak_memory_mb, write_json
-from .common import add_backend_options, add_data_options, add_output_options, load_dataset, say, split_dataset
+from ..results import model_path, peak_memory_mb, write_json
+from .common import (add_backend_options, add_data_options, add_output_options, add_rating_data_options,
+                     add_synthetic_options, check_output_paths, check_rating_data, fraction, load_dataset,
+                     positive_float,
+                     option_names, pairs_hash, parse_columns, record_options, run_info, say, say_compile, warm_up)
 
 OPTIMIZERS = ("sgd", "adam", "als", "adago", "slf", "sslf", "gibbs")
+DEFAULT_TEST_FRACTION = 0.1
 
 # per-optimizer options exposed on the command line: (flag, dest, type, help)
 OPTIMIZER_FLAGS = [
@@ -33,7 +52,7 @@ def add_model_options(p) -> None:
     g.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help="optimizer (default: the model's, als)")
     g.add_argument("--rank", type=int, default=None,
                    help="latent dimensions (default: the model's, 32; on the synthetic data its true rank, 5)")
-    g.add_argument("--epochs", type=int, default=40, help="maximum epochs (default: 40)")
+    g.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: the model's, 40)")
     g.add_argument("--lambda", dest="lam", type=_lambda, default=None, metavar="LAMBDA|learn",
                    help="count-weighted L2 of the factors (row u: --lambda0 + LAMBDA n_u, in units of standardized "
                    "ratings), or 'learn' to learn it on the validation part (lambdaOpt) (default: the model's)")
@@ -46,13 +65,15 @@ def add_model_options(p) -> None:
     g.add_argument("--preset", choices=("accurate",), default=None,
                    help="accurate: Bayesian averaging (Gibbs sampling warm-started by ALS) on all the training data, "
                    "until --time-budget is spent (default: none)")
-    g.add_argument("--time-budget", dest="time_budget", type=float, default=None, metavar="SECONDS",
+    g.add_argument("--time-budget", dest="time_budget", type=positive_float("--time-budget"), default=None,
+                   metavar="SECONDS",
                    help="stop training before an epoch would end past this many seconds (default: no limit)")
     g.add_argument("--granularity", choices=("global", "D", "DU", "DI", "DUI"), default=None,
                    help="with --lambda learn: one lambda for all, per dimension, per (user|item, dimension)")
     g.add_argument("--no-bias", action="store_true", help="the plain model r = p.q (no mean and biases)")
-    g.add_argument("--init-scale", type=float, default=0.1, help="initial factor scale (default: 0.1)")
-    g.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (default: 5)")
+    g.add_argument("--init-scale", type=float, default=None, help="initial factor scale (default: the model's, 0.1)")
+    g.add_argument("--patience", type=int, default=None,
+                   help="early-stopping patience in epochs (default: the model's, 5)")
     for flag, dest, typ, text in OPTIMIZER_FLAGS:
         g.add_argument(flag, dest=dest, type=typ, default=None, help=text)
     g.add_argument("--precondition", choices=("block", "jacobi", "none"), default=None,
@@ -65,18 +86,32 @@ def add_parser(sub):
         "train",
         help="train a latent factor model and report test RMSE/MAE",
         description="Train a latent factor model on a ratings file (or the built-in synthetic dataset), "
-        "evaluate it on a held-out test part and print a summary.",
+        "evaluate it on a held-out test part and print a summary.  Validation for early stopping is carved from "
+        "the training part (then the model is refit on all of it).  Timings exclude numba's first compilation, "
+        "which is done on a tiny problem first and reported apart.",
     )
     add_data_options(p)
+    add_rating_data_options(p)
+    add_synthetic_options(p)
     g = p.add_argument_group("split")
-    g.add_argument("--test-fraction", type=float, default=0.1, help="held-out test fraction (default: 0.1)")
-    g.add_argument("--valid-fraction", type=float, default=0.1,
+    g.add_argument("--test", metavar="FILE",
+                   help="a fixed test file: every rating of --data trains, this file's ratings are the test part "
+                   "(read like --data; IDs matched to the training IDs, unknown ones handled by --unseen)")
+    g.add_argument("--test-fraction", type=fraction("--test-fraction"), default=None, metavar="F",
+                   help=f"held-out test fraction of a random split (default: {DEFAULT_TEST_FRACTION}; not with "
+                   "--test or a file with its own split)")
+    g.add_argument("--valid-fraction", type=fraction("--valid-fraction", allow_zero=True), default=0.1, metavar="F",
                    help="fraction of the training part held out for early stopping (default: 0.1; 0 trains on the "
                    "whole training part with no early stopping)")
+    g.add_argument("--unseen", choices=("bias", "drop"), default="bias",
+                   help="test pairs whose user or item has no training rating: predict from the mean and biases "
+                   "(default) or leave them out; counted either way")
     g.add_argument("--seed", type=int, default=42, help="seed of the split, initialization and optimizer (default: 42)")
     add_model_options(p)
     add_output_options(p)
-    p.add_argument("--save", metavar="MODEL.npz", help="save the trained model")
+    p.add_argument("--save", metavar="MODEL.npz",
+                   help="save the trained model (with the data's description and split, for 'lfopt evaluate')")
+    p.set_defaults(_names=option_names(p))
     return p
 
 
@@ -103,44 +138,131 @@ def _lambda(text: str):
         raise argparse.ArgumentTypeError(f"expected a number or 'learn', got {text!r}") from None
 
 
+MODEL_DESTS = ("lam", "lam0", "lam_b", "lam0_b", "granularity", "preset", "time_budget", "epochs", "patience",
+               "init_scale", "optimizer")
+
+
 def build_model(args, rank: int) -> LatentFactorModel:
-    given = {k: getattr(args, k) for k in ("lam", "lam0", "lam_b", "lam0_b", "granularity", "preset", "time_budget")
-             if getattr(args, k, None) is not None}
-    if args.optimizer is not None:
-        given["optimizer"] = args.optimizer
-    return LatentFactorModel(rank=rank, epochs=args.epochs, **given,
-                             use_bias=not args.no_bias, init_scale=args.init_scale, seed=args.seed,
-                             patience=args.patience, validation=args.valid_fraction or None,
-                             verbose=not args.quiet, backend=args.backend,
-                             device=args.device, **optimizer_options(args))
+    """The model the options describe; options left out take the model's defaults."""
+    given = {k: getattr(args, k) for k in MODEL_DESTS if getattr(args, k, None) is not None}
+    return LatentFactorModel(rank=rank, **given, use_bias=not args.no_bias, seed=args.seed,
+                             validation=args.valid_fraction or None, verbose=not args.quiet,
+                             backend=args.backend, device=args.device, **optimizer_options(args))
+
+
+def _check_args(args, data) -> None:
+    if args.test is not None and args.test_fraction is not None:
+        raise ConfigError(f"--test-fraction {args.test_fraction:g} does not apply with --test (the test part is "
+                          f"the file {args.test}); drop one of them")
+    if args.test is not None and "test_mask" in data.meta:
+        raise ConfigError(f"--test: {args.data} carries its own fixed train/test split; drop --test")
+    if "test_mask" in data.meta and args.test_fraction is not None:
+        raise ConfigError(f"--test-fraction {args.test_fraction:g}: {args.data} carries its own fixed train/test "
+                          f"split ({int(data.meta['test_mask'].sum())} test ratings), which is used as it is; "
+                          f"drop --test-fraction")
+    tf = args.test_fraction if args.test_fraction is not None else DEFAULT_TEST_FRACTION
+    if args.test is None and "test_mask" not in data.meta and args.valid_fraction and \
+            args.valid_fraction >= 1 - tf:
+        raise ConfigError(f"--valid-fraction {args.valid_fraction:g} is a fraction of the training part; with "
+                          f"--test-fraction {tf:g} it must stay below 1")
+
+
+def make_split(args, data):
+    """(train, test, data_info): the split the options describe, and its description for the model file."""
+    info = {"command": "train", "path": os.path.abspath(args.data) if args.data else None,
+            "format": args.format, "columns": args.columns, "duplicates": args.duplicates,
+            "n_ratings": data.nnz, "seed": args.seed, "valid_fraction": args.valid_fraction}
+    if args.data is None:
+        info["synthetic"] = {k: getattr(args, k, None) for k in ("n_users", "n_items", "nnz", "noise", "true_rank")}
+    if args.test is not None:
+        test_data = load_test_file(args)
+        train, test = align_test(data, test_data)
+        info.update(split="test_file", test_path=os.path.abspath(args.test))
+    elif "test_mask" in data.meta:
+        train, test = fixed_split(data)
+        info.update(split="fixed")
+    else:
+        tf = args.test_fraction if args.test_fraction is not None else DEFAULT_TEST_FRACTION
+        train, test = random_split(data, tf, args.seed)
+        info.update(split="random", test_fraction=tf)
+    info.update(n_test=test.nnz, test_hash=pairs_hash(test))
+    return train, test, info
+
+
+def load_test_file(args):
+    from ..data.io import load
+
+    test = load(args.test, args.format, columns=parse_columns(args.columns), duplicates=args.duplicates)
+    if "test_mask" in test.meta:
+        raise ConfigError(f"--test {args.test} carries its own train/test split (a Monti file); give it as --data")
+    return test
 
 
 def run(args) -> int:
-    for path in (args.output, args.save and model_path(args.save)):
-        if path:
-            check_writable(path, args.overwrite)
+    check_output_paths([("--output", args.output), ("--save", args.save and model_path(args.save))],
+                       args.overwrite)
     data = load_dataset(args)
-    rank = args.rank if args.rank is not None else (data.meta.get("true_rank") or _model_default("rank"))
-    model = build_model(args, rank)
+    _check_args(args, data)
+    check_rating_data(data, args)
+    model_rank = args.rank if args.rank is not None else (data.meta.get("true_rank") or _model_default("rank"))
+    model = build_model(args, model_rank)
     say(args, f"data: {data!r}")
-    train, test = split_dataset(data, args.test_fraction, args.seed)
-    t0 = time.perf_counter()
-    model.fit(train)
-    seconds = time.perf_counter() - t0
+    train, test, info = make_split(args, data)
+    if args.test is not None:
+        say(args, f"test file {args.test}: {test.nnz} ratings, {test.meta['n_unseen_pairs']} with a user or item "
+                  f"absent from --data")
+    compile_seconds = warm_up(model)
+    say_compile(args, compile_seconds)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t0 = time.perf_counter()
+        model.fit(train)
+        seconds = time.perf_counter() - t0
     res = model.train_result_
-    if res.stopped == "diverged":
-        raise DivergenceError(res.message)
-    scores = model.evaluate(test)
+    diverged = res.stopped == "diverged" or getattr(model, "stopped_", None) == "diverged"
+    message = res.message or next((str(w.message) for w in caught if "diverged" in str(w.message)), "")
+    for w in caught:  # re-issue what fit warned about, except the divergence the error below reports
+        if not (diverged and "diverged" in str(w.message)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if diverged:
+        refit = res.stopped != "diverged"
+        raise DivergenceError((message or "training diverged").rstrip(". ")
+                              + (" (in the refit on the whole training part)" if refit else "")
+                              + ". No result reported.")
+    scores = model.evaluate(test, unseen=args.unseen)
+    n_unseen = int(scores.get("n_unseen", 0))
+    n_dropped = int(scores.get("n_dropped", n_unseen if args.unseen == "drop" else 0))
+    n_scored = test.nnz - n_dropped
+    if n_scored <= 0:
+        raise DataError(f"all {test.nnz} test ratings have a user or item with no training rating; with --unseen "
+                        f"drop nothing is left to score (use --unseen bias)")
+    if not math.isfinite(scores["rmse"]):
+        raise DivergenceError(f"the test RMSE is not a number ({scores['rmse']}): the model's predictions are not "
+                              f"finite; no result reported")
+    epochs_run = len(res.history)
+    epoch_total = float(sum(r.get("epoch_seconds", 0.0) for r in res.history))
+    per_epoch = epoch_total / max(1, epochs_run)
+    synthetic_sizes = {}
+    if args.data is None:
+        synthetic_sizes = {"n_users": data.n_users, "n_items": data.n_items, "nnz": data.nnz,
+                           "noise": data.meta.get("noise_floor"), "true_rank": data.meta.get("true_rank")}
     summary = {
+        **run_info(args),
         "data": args.data or "synthetic",
         "n_users": data.n_users, "n_items": data.n_items, "n_ratings": data.nnz,
-        "n_train": model.n_train_, "n_valid": model.n_valid_, "n_test": test.nnz,
-        "test_rmse": scores["rmse"], "test_mae": scores["mae"], "n_test_unseen": scores["n_unseen"],
-        "epochs": len(res.history), "best_epoch": res.best_epoch or len(res.history), "stopped": res.stopped,
-        "train_seconds": seconds, "seconds_per_epoch": seconds / max(1, len(res.history)),
+        "split": info["split"],
+        "n_train": model.n_train_, "n_valid": model.n_valid_, "n_test": test.nnz, "n_test_scored": n_scored,
+        "test_rmse": scores["rmse"], "test_mae": scores["mae"], "n_test_unseen": n_unseen,
+        "epochs": epochs_run, "best_epoch": res.best_epoch or epochs_run, "stopped": res.stopped,
+        "train_seconds": seconds, "seconds_per_epoch": per_epoch, "epoch_seconds_total": epoch_total,
+        "compile_seconds": compile_seconds,
         "peak_memory_mb": peak_memory_mb(),
-        "options": {k: v for k, v in vars(args).items() if not k.startswith("_")} | {"rank": rank, "optimizer": model.optimizer_.name,
-                                                                                "lambda": model.lam, "lambda0": model.lam0},
+        "options": record_options(args, {
+            "rank": model_rank, "optimizer": model.optimizer_.name if model.preset is None else "gibbs",
+            **{k: getattr(model, k) for k in MODEL_DESTS if k != "optimizer"},
+            "test_fraction": info.get("test_fraction"), **synthetic_sizes}),
+        "optimizer_options": {k: v for k, v in (model.optimizer_.options() if hasattr(model.optimizer_, "options")
+                                                else {}).items() if k != "seed"},  # the seed is an option
         "history": res.history,
     }
     if "noise_floor" in data.meta:
@@ -148,13 +270,19 @@ def run(args) -> int:
         summary["rmse_over_floor"] = scores["rmse"] / data.meta["noise_floor"]
     if res.message:
         summary["message"] = res.message
+    if model.preset == "accurate":
+        head = f"optimizer gibbs (preset accurate, {model.n_samples_} samples averaged), rank {model_rank}: "
+    else:
+        head = f"optimizer {model.optimizer}, rank {model_rank}, lambda {model.lam} (+ {model.lam0} per row): "
+    unseen_text = ""
+    if n_unseen:
+        unseen_text = (f" ({n_dropped} with a user or item unseen in training left out)" if args.unseen == "drop"
+                       else f" ({n_unseen} with unseen user/item, predicted from biases)")
     lines = [
-        (f"optimizer gibbs (preset accurate, {model.n_samples_} samples averaged), rank {rank}: "
-         if model.preset == "accurate" else
-         f"optimizer {model.optimizer}, rank {rank}, lambda {model.lam} (+ {model.lam0} per row): ")
-        + f"{summary['epochs']} epochs ({res.stopped}) in {seconds:.2f} s",
-        f"test RMSE {scores['rmse']:.4f}  MAE {scores['mae']:.4f}  on {test.nnz} ratings"
-        + (f" ({scores['n_unseen']} with unseen user/item, predicted from biases)" if scores["n_unseen"] else ""),
+        head + f"{epochs_run} epochs ({res.stopped}), {per_epoch:.3f} s per epoch; fit {seconds:.2f} s in all "
+        f"(data preparation{', refit' if model.n_valid_ else ''} and validation included; compilation "
+        f"{compile_seconds:.2f} s apart)",
+        f"test RMSE {scores['rmse']:.4f}  MAE {scores['mae']:.4f}  on {n_scored} ratings{unseen_text}",
     ]
     if "noise_floor" in summary:
         lines.append(f"noise floor {summary['noise_floor']:.4f}: RMSE is {summary['rmse_over_floor']:.3f} x the floor")
@@ -164,6 +292,7 @@ def run(args) -> int:
         write_json(args.output, summary, args.overwrite)
         say(args, f"results written to {args.output}")
     if args.save:
+        model.data_info_ = info
         path = model.save(args.save, overwrite=args.overwrite)
         say(args, f"model saved to {path}")
     return 0

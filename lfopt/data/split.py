@@ -83,6 +83,91 @@ def fixed_split(data: Interactions):
     return data.subset(~mask, "train"), data.subset(mask, "test")
 
 
+def align_test(train: Interactions, test: Interactions):
+    """``(train, test)`` moved into one index space: the training data's, extended by the IDs that
+    only the test data has.
+
+    Users and items of ``test`` are matched to those of ``train`` by original ID;
+    IDs the training data does not have get new indices after the training ones
+    (with no training entry, so a model treats them as unseen: see the
+    ``unseen`` policy of :mod:`lfopt.eval.metrics`).  The training entries and
+    their order are unchanged.  ``test.meta`` reports ``n_unseen_users``,
+    ``n_unseen_items`` and ``n_unseen_pairs`` (entries with an unseen user or item),
+    and ``n_in_train`` (pairs present in both; warned about: a model is then tested
+    on ratings it was trained on).  Integer IDs in one and string IDs in the other
+    cannot match and are refused.
+    """
+    import warnings
+
+    maps = []
+    for what, a, b in (("user", train.user_ids, test.user_ids), ("item", train.item_ids, test.item_ids)):
+        ka, kb = np.asarray(a).dtype.kind, np.asarray(b).dtype.kind
+        if (ka in "iu") != (kb in "iu"):
+            kinds = {True: "integers", False: "strings"}
+            raise DataError(f"the training {what} IDs are {kinds[ka in 'iu']} and the test {what} IDs are "
+                            f"{kinds[kb in 'iu']}: no test {what} can match a training one (e.g. test "
+                            f"{what} {b[0]!r}, training {what} {a[0]!r})")
+        ref = Interactions([], [], [], n_users=len(a), n_items=0, user_ids=a, item_ids=np.zeros(0, np.int64))
+        index = ref.user_index(b)
+        new = index < 0
+        if ka in "iu":
+            dtype = np.uint64 if (a.dtype == np.uint64 or b.dtype == np.uint64) else np.int64
+            ids = np.concatenate([np.asarray(a).astype(dtype), np.asarray(b)[new].astype(dtype)])
+        else:
+            ids = np.concatenate([np.asarray(a).astype(str), np.asarray(b)[new].astype(str)])
+        index[new] = len(a) + np.arange(int(new.sum()))
+        maps.append((ids, index, int(new.sum())))
+    (user_ids, u_index, new_users), (item_ids, i_index, new_items) = maps
+    shape = dict(n_users=len(user_ids), n_items=len(item_ids), user_ids=user_ids, item_ids=item_ids)
+    train_out = Interactions(train.users, train.items, train.values, timestamps=train.timestamps,
+                             name=train.name, **shape)
+    if "source" in train.meta:
+        train_out.meta["source"] = train.meta["source"]
+    rows, cols = u_index[test.users], i_index[test.items]
+    test_out = Interactions(rows, cols, test.values, timestamps=test.timestamps, name=test.name or "test", **shape)
+    if "source" in test.meta:
+        test_out.meta["source"] = test.meta["source"]
+    unseen = (rows >= train.n_users) | (cols >= train.n_items)
+    m = len(item_ids)
+    seen_keys = rows[~unseen].astype(np.int64) * m + cols[~unseen]
+    train_keys = np.unique(train.users.astype(np.int64) * m + train.items)
+    overlap = int(np.isin(seen_keys, train_keys).sum())
+    test_out.meta.update(n_unseen_users=new_users, n_unseen_items=new_items, n_unseen_pairs=int(unseen.sum()),
+                         n_in_train=overlap)
+    if overlap:
+        warnings.warn(f"{overlap} of the {test.nnz} test (user, item) pairs are also in the training data: "
+                      f"the model is tested on ratings it was trained on", UserWarning, stacklevel=2)
+    return train_out, test_out
+
+
+def train_test_files(train_path, test_path, **load_kwargs):
+    """A fixed train/test pair of files: ``(train, test)`` in one index space (see :func:`align_test`).
+
+    Every entry of ``train_path`` is training data; ``test_path`` is read the same
+    way (``load_kwargs`` go to :func:`lfopt.data.io.load` for both: ``format``,
+    ``columns``, ``duplicates``, ...) and its IDs matched to the training IDs.  Test
+    users or items the training file does not have are kept, with indices of
+    their own and no training entry: ``model.evaluate(test, unseen="bias")``
+    predicts them from the mean and biases, ``unseen="drop"`` leaves them out.
+
+    Examples
+    --------
+    >>> import lfopt
+    >>> train, test = lfopt.train_test_files("u1.base", "u1.test")  # doctest: +SKIP
+    >>> model = lfopt.LatentFactorModel().fit(train)                 # doctest: +SKIP
+    >>> model.evaluate(test)["rmse"]                                 # doctest: +SKIP
+    """
+    from .io import load
+
+    train = load(train_path, **load_kwargs)
+    test = load(test_path, **load_kwargs)
+    if "test_mask" in train.meta or "test_mask" in test.meta:
+        raise DataError(f"{train_path if 'test_mask' in train.meta else test_path} carries its own fixed "
+                        f"train/test split (a Monti file); use lfopt.fixed_split(lfopt.load_data(path)) instead "
+                        f"of a pair of files")
+    return align_test(train, test)
+
+
 def per_user_split(
     data: Interactions,
     fractions: tuple[float, ...] = (0.6, 0.2, 0.2),

@@ -4,8 +4,21 @@ Runs an optimizer's epochs on an objective, evaluates a validation metric after
 each (lower RMSE or higher NDCG@K: a metric and its direction), stops early and
 restores the best parameters (and the objective's learned extra state, e.g.
 lambdaOpt's Lambda), detects divergence (stops, keeps the last good
-parameters and says so), records one history row per epoch, prints one
-progress line per epoch and calls one callback signature.
+parameters and says so), records one history row per epoch, shows progress
+and calls one callback signature.
+
+Progress (only with ``verbose``) goes to ``stream`` (stderr by default), in one
+of two styles: a tqdm progress bar with ETA (``progress="bar"``; the default
+``"auto"`` picks it when the stream is a terminal) or one line per epoch in
+labelled columns under a header (``"lines"``; what logs and pipes get)::
+
+    epoch  train_loss  train_rmse  valid_rmse  valid_mae  epoch_s  total_s
+        1       98041      0.4470      0.5012     0.3990     0.02     0.02
+
+``epoch_s`` is the epoch's training time, ``total_s`` the training time so far
+(validation scoring excluded from both).  :func:`progress_style` sets the style
+for every trainer created inside a ``with`` block (the CLI's ``--progress``).
+Each history row is also sent to the ``logging`` logger ``"lfopt"`` at DEBUG level.
 
 The parameter vector ``y`` lives on the objective's backend (a numpy array or a
 torch tensor); the trainer only copies it through ``objective.backend``.
@@ -13,6 +26,10 @@ torch tensor); the trainer only copies it through ``objective.backend``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
+import logging
 import math
 import numbers
 import sys
@@ -25,6 +42,38 @@ import numpy as np
 from ..errors import ConfigError
 
 LOWER_IS_BETTER = {"rmse", "mae", "loss", "bpr_loss"}
+
+log = logging.getLogger("lfopt.train")
+
+#: The library's logger: messages for the user that are not per-epoch progress.
+logger = logging.getLogger("lfopt")
+
+PROGRESS_STYLES = ("auto", "bar", "lines")
+_PROGRESS: contextvars.ContextVar = contextvars.ContextVar("lfopt_progress", default="auto")
+
+
+@contextlib.contextmanager
+def progress_style(style: str | None):
+    """Within the block, trainers created with ``progress=None`` use ``style``:
+    ``"auto"`` (a bar on a terminal, lines otherwise), ``"bar"`` or ``"lines"``; None changes nothing."""
+    if style is None:
+        yield
+        return
+    token = _PROGRESS.set(_check_style(style))
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def _check_style(style) -> str:
+    if style is True:
+        return "bar"
+    if style is False:
+        return "lines"
+    if style not in PROGRESS_STYLES:
+        raise ConfigError(f"progress must be one of {PROGRESS_STYLES}, got {style!r}")
+    return style
 
 
 def metric_direction(metric: str) -> bool:
@@ -67,12 +116,15 @@ class Trainer:
     its time counts as training time.
     ``time_budget`` (seconds, None: none) stops training before an epoch that would
     end past the budget, judged by the longest epoch so far (evaluation included).
+    ``progress`` (with ``verbose``): ``"bar"`` (tqdm, with ETA), ``"lines"`` (one
+    labelled line per epoch) or ``"auto"`` (a bar when ``stream`` is a terminal);
+    None takes the style of the enclosing :func:`progress_style` block (default auto).
     """
 
     def __init__(self, epochs: int = 40, patience: int | None = 5, min_delta: float = 1e-4,
                  verbose: bool = True, divergence_factor: float = 1e3, stream=None,
                  callback: Callable | None = None, metric: str = "rmse", higher_is_better: bool | None = None,
-                 label: str = "", time_budget: float | None = None):
+                 label: str = "", time_budget: float | None = None, progress: str | bool | None = None):
         if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
             raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
         if patience is not None and (isinstance(patience, bool) or int(patience) != patience or patience < 1):
@@ -82,7 +134,9 @@ class Trainer:
         self.min_delta = float(min_delta)
         self.verbose = verbose
         self.divergence_factor = float(divergence_factor)
+        self._own_stream = stream is not None
         self.stream = stream or sys.stderr
+        self._bar = None
         self.callback = callback
         self.metric = str(metric).lower()
         self.higher = metric_direction(self.metric) if higher_is_better is None else bool(higher_is_better)
@@ -91,10 +145,68 @@ class Trainer:
                                         or not time_budget > 0):
             raise ConfigError(f"time_budget must be a number of seconds > 0, got {time_budget!r}")
         self.time_budget = None if time_budget is None else float(time_budget)
+        self.progress = None if progress is None else _check_style(progress)
+        self._bar = None
+        self._columns = None
+
+    # -------------------------------------------------------------- progress
+    def _style(self) -> str:
+        style = self.progress or _PROGRESS.get()
+        if style == "auto":
+            isatty = getattr(self.stream, "isatty", None)
+            try:
+                style = "bar" if isatty is not None and isatty() else "lines"
+            except (ValueError, OSError):  # a closed stream
+                style = "lines"
+        return style
 
     def _say(self, text: str) -> None:
-        if self.verbose:
+        if not self.verbose:
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
             print(text, file=self.stream, flush=True)
+
+    def _open_bar(self, name: str):
+        if not self.verbose or self._style() != "bar":
+            return None
+        try:
+            from tqdm import tqdm
+        except ImportError:  # pragma: no cover - tqdm is a dependency
+            return None
+        by_time = self.time_budget is not None
+        return tqdm(total=round(self.time_budget, 1) if by_time else self.epochs, unit="s" if by_time else "epoch",
+                    desc=name, file=self.stream, dynamic_ncols=True, leave=True, mininterval=0.2,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+                               "[{elapsed}<{remaining}{postfix}]")
+
+    def _show_row(self, row: dict) -> None:
+        logger.debug("epoch %d: %s", row["epoch"], row)
+        if not self.verbose:
+            return
+        if self._bar is not None:
+            post = {"loss": f"{row['train_loss']:.5g}"}
+            keys = _metric_keys(row, self.metric)
+            main = [k for k in keys if k.startswith("valid_")][:1] or keys[:1]
+            for key in main + [k for k in keys if k == "test_rmse" and k not in main]:
+                post[key] = f"{row[key]:.4f}"
+            post["s/epoch"] = f"{row['epoch_seconds']:.2f}"
+            self._bar.set_postfix(post, refresh=False)
+            if self.time_budget is not None:
+                self._bar.update(min(row["seconds"], self._bar.total) - self._bar.n)
+            else:
+                self._bar.update(1)
+            return
+        if self._columns is None:
+            self._columns = _columns(row, self.metric, self.epochs)
+            print(_header(self._columns), file=self.stream, flush=True)
+        print(_format_row(self._columns, row), file=self.stream, flush=True)
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def _better(self, value: float, best: float) -> bool:
         if not math.isfinite(value):
@@ -107,8 +219,6 @@ class Trainer:
 
     def run(self, objective, optimizer, y, evaluate: Callable | None = None) -> TrainResult:
         bk = objective.backend
-        extra_state = objective.extra_state
-        hook = getattr(objective, "after_epoch", None)
         if hasattr(optimizer, "check"):
             optimizer.check(objective)
         res = TrainResult(metric=self.metric if evaluate is not None else "")
@@ -116,22 +226,41 @@ class Trainer:
         if not math.isfinite(loss0):
             raise ConfigError("the initial loss is not finite: check the data and init_scale")
         last_good = bk.copy(y)
-        last_extra = _copy_state(extra_state())
-        best = None
-        best_value = math.nan
-        since_best = 0
-        elapsed = 0.0
+        last_extra = _copy_state(objective.extra_state())
         name = getattr(optimizer, "name", type(optimizer).__name__)
         self._say(f"training {self.label or objective.name} with {name}: {getattr(objective, 'nnz', '?')} "
                   f"training entries, {objective.size} parameters, backend {bk.name}"
                   + (f" ({bk.device})" if bk.device != "cpu" else ""))
         start_all = time.perf_counter()
+        self._columns = None
+        self._bar = self._open_bar(name)
+        try:
+            self._loop(objective, optimizer, y, evaluate, res, loss0, last_good, last_extra, name, start_all)
+        finally:
+            self._close_bar()
+        if res.stopped == "time_budget":
+            self._say(f"time budget of {self.time_budget:g} s reached after {len(res.history)} epochs")
+        elif res.stopped == "diverged":
+            self._say(f"diverged at epoch {len(res.history)}; kept the parameters of epoch "
+                      f"{len(res.history) - 1}")
+        elif res.stopped == "early_stop":
+            self._say(f"early stop: best validation {self.metric} {res.best_value:.4f} at epoch {res.best_epoch} "
+                      f"(restored)")
+        return res
+
+    def _loop(self, objective, optimizer, y, evaluate, res, loss0, last_good, last_extra, name, start_all):
+        bk = objective.backend
+        extra_state = objective.extra_state
+        hook = getattr(objective, "after_epoch", None)
+        best = None
+        best_value = math.nan
+        since_best = 0
+        elapsed = 0.0
         longest = 0.0
         for epoch in range(1, self.epochs + 1):
             if self.time_budget is not None and epoch > 1 and \
                     time.perf_counter() - start_all + longest > self.time_budget:
                 res.stopped = "time_budget"
-                self._say(f"time budget of {self.time_budget:g} s reached after {epoch - 1} epochs")
                 break
             t0 = time.perf_counter()
             info = optimizer.epoch(objective, y, epoch) or {}
@@ -149,11 +278,10 @@ class Trainer:
                 res.stopped = "diverged"
                 res.message = (
                     f"training diverged at epoch {epoch} ({name}: loss {loss:.4g}, initial {loss0:.4g}); kept the "
-                    f"parameters of epoch {epoch - 1}. {getattr(optimizer, 'divergence_advice', _ADVICE)}"
+                    f"parameters of epoch {epoch - 1}. {divergence_advice(optimizer)}"
                 )
                 row["diverged"] = True
                 res.history.append(row)
-                self._say(res.message)
                 break
             if hook is not None:
                 # the objective's own per-epoch step (e.g. a learned regularizer's Lambda);
@@ -185,7 +313,7 @@ class Trainer:
             if self.callback is not None:
                 self.callback(y, row)
             res.history.append(row)
-            self._say(_progress_line(row, self.metric))
+            self._show_row(row)
             longest = max(longest, time.perf_counter() - t0)
             if self.patience is not None and evaluate is not None and since_best >= self.patience:
                 res.stopped = "early_stop"
@@ -196,13 +324,37 @@ class Trainer:
                 objective.set_extra_state(best[1])
             res.best_value = best_value
         res.seconds = time.perf_counter() - start_all
-        if res.stopped == "early_stop":
-            self._say(f"early stop: best validation {self.metric} {best_value:.4f} at epoch {res.best_epoch} "
-                      f"(restored)")
-        return res
 
 
-_ADVICE = "Lower the learning rate or raise the regularization."
+_ADVICE = "Lower the learning rate (lr) if the optimizer has one, or raise the regularization (lam, lam0)."
+
+#: What helps when a run diverges, by optimizer (an optimizer's own ``divergence_advice`` wins).
+DIVERGENCE_ADVICE = {
+    "sgd": "Lower the learning rate (lr) or raise the regularization (lam, lam0).",
+    "adam": "Lower the learning rate (lr) or raise the regularization (lam, lam0).",
+    "adago": "Lower the learning rate (lr), raise the damping, or raise the regularization (lam, lam0).",
+    "als": "ALS has no learning rate: raise the regularization (lam, lam0), lower init_scale, or check the data "
+           "for extreme values (play counts and other counts belong to 'lfopt rank', not to a rating model).",
+    "slf": "Raise the damping or the regularization (lam, lam0), or give fewer cg_iters.",
+    "sslf": "Lower rho, raise the damping or the regularization (lam, lam0).",
+}
+
+
+def divergence_advice(optimizer) -> str:
+    """What to change after ``optimizer`` diverged: its own ``divergence_advice``, else the
+    entry of :data:`DIVERGENCE_ADVICE` for its name (a sharpness-aware wrapper: "lower rho" first)."""
+    own = getattr(optimizer, "divergence_advice", None)
+    if own:
+        return own
+    name = str(getattr(optimizer, "name", "")).lower()
+    if name in DIVERGENCE_ADVICE:
+        text = DIVERGENCE_ADVICE[name]
+    else:
+        base = getattr(optimizer, "base", None)
+        text = divergence_advice(base) if base is not None and base is not optimizer else _ADVICE
+    if (getattr(optimizer, "rho", 0) or 0) > 0 and "rho" not in text:
+        text = "Lower rho, or: " + text[0].lower() + text[1:]
+    return text
 
 
 def _is_number(v) -> bool:
@@ -214,13 +366,39 @@ def _copy_state(state: dict) -> dict:
     return {k: (v.copy() if hasattr(v, "copy") else v.clone()) for k, v in state.items()}
 
 
+def _metric_keys(row: dict, metric: str) -> list:
+    """The metrics of a history row that progress shows: training RMSE, validation metrics, test RMSE."""
+    keys = []
+    for key in ("train_rmse", f"valid_{metric}", "valid_rmse", "valid_mae", "test_rmse"):
+        if key in row and key not in keys and _is_number(row[key]):
+            keys.append(key)
+    return keys
+
+
+def _columns(row: dict, metric: str, epochs: int) -> list:
+    """(label, key, width, format) of the per-epoch lines, fixed by the first row."""
+    cols = [("epoch", "epoch", max(5, len(str(epochs))), "d"), ("train_loss", "train_loss", 11, ".5g")]
+    for key in _metric_keys(row, metric):
+        cols.append((key, key, max(10, len(key)), ".4f"))
+    cols += [("epoch_s", "epoch_seconds", 8, ".2f"), ("total_s", "seconds", 8, ".2f")]
+    return cols
+
+
+def _header(cols: list) -> str:
+    return "  ".join(label.rjust(width) for label, _, width, _ in cols)
+
+
+def _format_row(cols: list, row: dict) -> str:
+    cells = []
+    for _, key, width, fmt in cols:
+        v = row.get(key)
+        cells.append((format(v, fmt) if _is_number(v) else "-").rjust(width))
+    return "  ".join(cells)
+
+
 def _progress_line(row: dict, metric: str) -> str:
-    parts = [f"epoch {row['epoch']:3d}", f"loss {row['train_loss']:.5g}"]
-    if "train_rmse" in row:
-        parts.append(f"train_rmse {row['train_rmse']:.4f}")
-    for key in (f"valid_{metric}", "valid_rmse", "valid_mae", "test_rmse"):
-        if key in row and f"{key} " not in " ".join(parts):
-            parts.append(f"{key} {row[key]:.4f}")
-    parts.append(f"{row['epoch_seconds']:.2f}s/epoch")
-    parts.append(f"{row['seconds']:.2f}s")
+    """One self-describing line for a history row (``name value`` pairs), for messages outside the table."""
+    parts = [f"epoch {row['epoch']}", f"train_loss {row['train_loss']:.5g}"]
+    parts += [f"{k} {row[k]:.4f}" for k in _metric_keys(row, metric)]
+    parts += [f"epoch_s {row['epoch_seconds']:.2f}", f"total_s {row['seconds']:.2f}"]
     return "  ".join(parts)
