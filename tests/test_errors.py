@@ -581,8 +581,12 @@ class TestUnknownAtPrediction:
         other = Interactions.from_arrays([10**6, 0], [0, 10**6], [3.0, 4.0])
         scores = fitted_model.evaluate(other)
         assert scores["n"] == 2 and scores["n_unseen"] == 2
-        dropped = fitted_model.evaluate(other, unseen="drop")
-        assert dropped["n_dropped"] == 2
+        with pytest.raises(DataError, match="unseen"):  # nothing left to score: an error, not RMSE nan
+            fitted_model.evaluate(other, unseen="drop")
+        u, i = fitted_model.user_ids_[0], fitted_model.item_ids_[0]
+        mixed = Interactions.from_arrays([10**6, 0, u], [0, 10**6, i], [3.0, 4.0, 5.0])
+        dropped = fitted_model.evaluate(mixed, unseen="drop")
+        assert dropped["n_dropped"] == 2 and dropped["n"] == 1  # each pair counted once: n + n_dropped = 3
 
     def test_recommend_unknown_user_and_bad_k(self, fitted_model):
         items, scores = fitted_model.recommend(10**9, k=4)

@@ -293,7 +293,7 @@ def _set_nan(a, m):
 
 @pytest.fixture(scope="module")
 def every_kind(tmp_path_factory, small_synthetic):
-    """One saved file per model kind: rating LF, Gibbs LF (posterior samples), BPR, bias baseline."""
+    """One saved file per model kind: rating LF, Gibbs LF (posterior samples), BPR, bias baseline, iALS, popularity."""
     root = tmp_path_factory.mktemp("kinds")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -302,10 +302,12 @@ def every_kind(tmp_path_factory, small_synthetic):
             "gibbs": LatentFactorModel(rank=2, optimizer="gibbs", epochs=25, validation=None, seed=1),
             "bpr": lfopt.BPRMF(rank=3, epochs=2, seed=1),
             "bias": lfopt.BiasBaseline(),
+            "ials": lfopt.ImplicitALS(rank=3, epochs=2),
+            "pop": lfopt.PopularityRanker(),
         }
         paths = {}
         for name, model in models.items():
-            model.fit(small_synthetic)
+            model.fit(small_synthetic.with_values(1.0) if name in ("ials", "pop") else small_synthetic)
             paths[name] = model.save(root / f"{name}.npz")
     assert models["gibbs"].n_samples_ > 0
     return paths
@@ -321,8 +323,8 @@ TAMPERS = {
     "params not an object": (lambda a, m: m.update(params=[1, 2]), ["'params'", "object"]),
     "state not an object": (lambda a, m: m.update(state="oops"), ["'state'", "object"]),
     "history not a list": (lambda a, m: m.update(history=7), ["'history'", "list"]),
-    "hyper-parameter of the wrong type": (lambda a, m: m["params"].update(rank="ten")
-                                          if "rank" in m["params"] else m["params"].update(n_iter="ten"), ["'ten'"]),
+    "hyper-parameter of the wrong type": (lambda a, m: m["params"].update({next(iter(m["params"]), "x"): "ten"}),
+                                          ["'ten'"]),
     "state number is text": (lambda a, m: m["state"].update(mu="abc")
                              if "mu" in m["state"] else m["state"].update(best_epoch="abc"), ["'abc'"]),
     "ID maps swapped": (lambda a, m: a.update(user_ids=a["item_ids"], item_ids=a["user_ids"]), ["user_ids"]),
@@ -334,7 +336,7 @@ TAMPERS = {
 }
 
 
-@pytest.mark.parametrize("kind", ["lf", "gibbs", "bpr", "bias"])
+@pytest.mark.parametrize("kind", ["lf", "gibbs", "bpr", "bias", "ials", "pop"])
 @pytest.mark.parametrize("tamper", list(TAMPERS))
 def test_tampered_model_file_is_refused_clearly(tmp_path, every_kind, kind, tamper):
     edit, words = TAMPERS[tamper]
@@ -372,7 +374,7 @@ def test_swapped_shapes_and_bad_state_are_refused(tmp_path, every_kind, kind, ed
         assert word in msg, msg
 
 
-@pytest.mark.parametrize("kind", ["lf", "gibbs", "bpr", "bias"])
+@pytest.mark.parametrize("kind", ["lf", "gibbs", "bpr", "bias", "ials", "pop"])
 def test_untampered_files_of_every_kind_load(every_kind, kind):
     model = lfopt.load(every_kind[kind])
     with warnings.catch_warnings():
