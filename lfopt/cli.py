@@ -7,9 +7,7 @@ Subcommands live in modules under :mod:`lfopt.commands`; each has
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import warnings
 
 from .errors import LfoptError
 
@@ -43,17 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
         p = module.add_parser(sub)
         p.set_defaults(_run=module.run, _flags=getattr(module, "FLAG_NAMES", None))
     return parser
-
-
-def _setup_logging(quiet: bool) -> logging.Handler:
-    """Library messages (logger ``lfopt``) go to stderr as plain lines; --quiet keeps only errors."""
-    logger = logging.getLogger("lfopt")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.ERROR if quiet else logging.INFO)
-    logger.propagate = False
-    return handler
 
 
 def main(argv=None) -> int:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import logging
 import math
 import numbers
 import sys
@@ -43,7 +42,6 @@ from ..errors import ConfigError
 
 LOWER_IS_BETTER = {"rmse", "mae", "loss", "bpr_loss"}
 
-log = logging.getLogger("lfopt.train")
 
 #: The library's logger: messages for the user that are not per-epoch progress.
 logger = logging.getLogger("lfopt")
@@ -134,9 +132,7 @@ class Trainer:
         self.min_delta = float(min_delta)
         self.verbose = verbose
         self.divergence_factor = float(divergence_factor)
-        self._own_stream = stream is not None
         self.stream = stream or sys.stderr
-        self._bar = None
         self.callback = callback
         self.metric = str(metric).lower()
         self.higher = metric_direction(self.metric) if higher_is_better is None else bool(higher_is_better)
