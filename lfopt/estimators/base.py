@@ -371,9 +371,8 @@ class Recommender:
                 out_scores[sel] = np.where(it >= 0, sc + shift, -np.inf)
         if (~known).any():
             bad = np.atleast_1d(np.asarray(users))[~known]
-            warnings.warn(f"{len(bad)} user(s) unknown to the model or without training data (e.g. {bad[0]!r}): "
-                          f"recommended by popularity",
-                          stacklevel=2)
+            warnings.warn(f"{len(bad)} user(s) unknown to the model or without training data "
+                          f"(e.g. {_plain(bad[0])!r}): recommended by popularity", stacklevel=2)
             pop = self.popularity()[cand]
             order = np.argsort(-pop, kind="stable")[:k]
             for r in np.flatnonzero(~known):
@@ -468,10 +467,11 @@ class Recommender:
         models take None: all ones).  Or pass many users at once as ``fold_in(data)``
         with an Interactions or a DataFrame (``columns`` as in ``fit``).
 
-        Item IDs unknown to the model (or never seen in training) are left out with a
-        warning; a user left with none is a DataError.  A repeated item keeps its last
-        value.  A known user's row is solved from the given interactions only (the model
-        keeps no ratings); its seen items become the old ones plus the new.  Afterwards
+        Item IDs unknown to the model (or never seen in training) are left out with one
+        warning; a user left with no item is not folded in (named in the warning); no
+        user left is a DataError (the model is then unchanged).  A repeated item keeps
+        its last value.  A known user's row is solved from the given interactions only
+        (the model keeps no ratings); its seen items become the old ones plus the new.  Afterwards
         the user is known to ``predict``/``recommend`` (which excludes the folded-in
         items), ``user_counts_`` holds the number of interactions the row was solved from,
         and ``save``/``lfopt.load`` keep it.  Returns the model.
@@ -500,10 +500,24 @@ class Recommender:
                 raise DataError(f"fold_in: user must be one ID (pass a DataFrame or Interactions for several "
                                 f"users), got {type(user).__name__}")
             groups = [(user, items, values)]
-        prepared = []
+        prepared, n_bad, bad_example, empty = [], 0, None, []
         for uid, its, vals in groups:
-            cols, vals = self._fold_in_entries(uid, its, vals)
+            cols, vals, bad = self._fold_in_entries(uid, its, vals)
+            if len(bad):
+                n_bad += len(bad)
+                bad_example = _plain(bad[0]) if bad_example is None else bad_example
+            if len(cols) == 0:
+                empty.append(_plain(uid))
+                continue
             prepared.append((uid, cols, vals, self._fold_in_row(cols, vals)))
+        if not prepared:
+            raise DataError(f"fold_in: none of the {n_bad} item(s) given is known to the model or was seen in "
+                            f"training (e.g. {bad_example!r}); nothing to fold in")
+        if n_bad:
+            skipped = (f"; {len(empty)} user(s) left with no item were not folded in (e.g. {empty[0]!r})"
+                       if empty else "")
+            warnings.warn(f"fold_in: {n_bad} item(s) unknown to the model or never seen in training were left out "
+                          f"(e.g. {bad_example!r}){skipped}", stacklevel=2)
         rows = self._user_rows([g[0] for g in prepared])
         new = [g[0] for g, r in zip(prepared, rows) if r < 0]
         if new:
@@ -517,7 +531,9 @@ class Recommender:
         return self
 
     def _fold_in_entries(self, uid, items, values):
-        """(cols, values) of one user's fold-in interactions: known trained items only, unique."""
+        """(cols, values, unknown item IDs) of one user's fold-in interactions: known trained items only,
+        unique (a repeated item keeps its last value)."""
+        uid = _plain(uid)  # messages show 381, not np.int64(381)
         items = np.atleast_1d(np.asarray(items))
         if items.ndim != 1 or len(items) == 0:
             raise DataError(f"fold_in: user {uid!r}: items must be a non-empty list of item IDs")
@@ -535,16 +551,9 @@ class Recommender:
         cols = self._item_cols(items)
         ok = cols >= 0
         ok[ok] = self.item_counts_[cols[ok]] > 0
-        if not ok.all():
-            bad = items[~ok]
-            warnings.warn(f"fold_in: user {uid!r}: {len(bad)} of {len(items)} item(s) unknown to the model or "
-                          f"never seen in training (e.g. {bad[0]!r}): left out", stacklevel=3)
-        if not ok.any():
-            raise DataError(f"fold_in: user {uid!r}: none of the {len(items)} item(s) is known to the model "
-                            f"(e.g. {items[0]!r}); nothing to fold in")
         cols, vals = cols[ok].astype(np.int64), vals[ok]
         last = len(cols) - 1 - np.unique(cols[::-1], return_index=True)[1]  # the last of repeated items
-        return cols[last], vals[last]
+        return cols[last], vals[last], items[~ok]
 
     def _fold_in_row(self, cols, values):  # pragma: no cover - per model
         raise ConfigError(f"{type(self).__name__} does not support fold_in")
@@ -570,23 +579,49 @@ class Recommender:
         self._grow(m, n, init)
 
     def _add_seen(self, rows, cols) -> int:
-        """Add (row, col) pairs to the seen-items CSR; returns how many were not there yet (per row: see
-        ``_new_pairs_per_row``)."""
+        """Add (row, col) pairs to the seen-items CSR (indices kept sorted within each row); returns
+        how many were not there yet (per row and per column: ``_new_pairs_per_row`` / ``_per_col``).
+
+        A few touched rows (fold_in) are merged row by row and the rest copied in bulk: O(nnz)
+        copying, no sort of the whole CSR; many touched rows (partial_fit) take one global sort."""
         ptr, idx = self.seen_indptr_, self.seen_indices_
-        owner = np.repeat(np.arange(self.n_users_, dtype=np.int64), np.diff(ptr))
-        keys_old = owner * self.n_items_ + idx
-        keys = np.unique(np.asarray(rows, np.int64) * self.n_items_ + np.asarray(cols, np.int64))
-        fresh = keys[~np.isin(keys, keys_old)]
-        allk = np.union1d(keys_old, fresh)
-        r = allk // self.n_items_
-        out_ptr = np.zeros(self.n_users_ + 1, dtype=ptr.dtype)
-        np.cumsum(np.bincount(r, minlength=self.n_users_), out=out_ptr[1:])
-        self.seen_indptr_ = out_ptr
-        self.seen_indices_ = (allk % self.n_items_).astype(idx.dtype)
+        m, n = self.n_users_, self.n_items_
+        keys = np.unique(np.asarray(rows, np.int64) * n + np.asarray(cols, np.int64))
+        touched, starts = np.unique(keys // n, return_index=True)
+        if len(touched) > 1000:
+            owner = np.repeat(np.arange(m, dtype=np.int64), np.diff(ptr))
+            keys_old = owner * n + idx
+            fresh = keys[~np.isin(keys, keys_old)]
+            allk = np.union1d(keys_old, fresh)
+            out_ptr = np.zeros(m + 1, dtype=ptr.dtype)
+            np.cumsum(np.bincount(allk // n, minlength=m), out=out_ptr[1:])
+            out_idx = (allk % n).astype(idx.dtype)
+            fresh_rows, fresh_cols = fresh // n, fresh % n
+        else:
+            bounds = np.append(starts, len(keys))
+            pieces, counts, prev = [], np.diff(ptr).astype(np.int64), 0
+            fresh_rows, fresh_cols = [], []
+            for t, r in enumerate(touched):
+                old_r = idx[ptr[r]:ptr[r + 1]]
+                add = keys[bounds[t]:bounds[t + 1]] % n
+                add = add[~np.isin(add, old_r)]
+                pieces.append(idx[ptr[prev]:ptr[r]])  # the untouched rows before r, in bulk
+                pieces.append(np.union1d(old_r, add).astype(idx.dtype))
+                counts[r] += len(add)
+                fresh_rows.append(np.full(len(add), r, np.int64))
+                fresh_cols.append(add)
+                prev = r + 1
+            pieces.append(idx[ptr[prev]:])
+            out_idx = np.concatenate(pieces)
+            out_ptr = np.zeros(m + 1, dtype=ptr.dtype)
+            np.cumsum(counts, out=out_ptr[1:])
+            fresh_rows = np.concatenate(fresh_rows) if fresh_rows else np.zeros(0, np.int64)
+            fresh_cols = np.concatenate(fresh_cols) if fresh_cols else np.zeros(0, np.int64)
+        self.seen_indptr_, self.seen_indices_ = out_ptr, out_idx
         self._seen_data = None
-        self._new_pairs_per_row = np.bincount(fresh // self.n_items_, minlength=self.n_users_)
-        self._new_pairs_per_col = np.bincount(fresh % self.n_items_, minlength=self.n_items_)
-        return len(fresh)
+        self._new_pairs_per_row = np.bincount(fresh_rows, minlength=m)
+        self._new_pairs_per_col = np.bincount(fresh_cols, minlength=n)
+        return len(fresh_rows)
 
     def partial_fit(self, data, epochs: int | None = None, columns: dict | None = None):
         """Continue training from the current parameters on ``data``; new users and items join.
@@ -658,6 +693,10 @@ class Recommender:
         if threshold is not None:
             test = test.subset(test.values >= threshold)
         target, dropped = reindex(test, self.user_ids_, self.item_ids_, "test")
+        if target.nnz == 0:
+            raise DataError(f"none of the {test.nnz} test entries has a user and an item known to the model "
+                            f"({dropped} with a user or item unseen in training): nothing to rank"
+                            if test.nnz else "the test data is empty (after the threshold): nothing to rank")
         U, V, _, io, _ = self._factors()
         pu = per_user_metrics(U, V, target, [self._seen()], io, ks, chunk_size)
         out = summarize(pu, self.user_counts_ if activity else None, n_buckets)
@@ -701,6 +740,11 @@ class Recommender:
 
     def _set_state(self, arrays: dict, meta: dict) -> None:  # pragma: no cover
         raise NotImplementedError
+
+
+def _plain(x):
+    """A numpy scalar as the Python value (for messages: 381, not np.int64(381))."""
+    return x.item() if isinstance(x, np.generic) else x
 
 
 def _append_ids(id_map: np.ndarray, new, what: str) -> np.ndarray:

@@ -394,6 +394,44 @@ class BPRMF(Recommender):
         self.params_ = np.concatenate([np.vstack([P, rows(m - n_users)]).ravel(),
                                        np.vstack([Q, rows(n - n_items)]).ravel(), b_new]).astype(np.float32)
 
+    def _partial_fit(self, train: Interactions, epochs: int | None) -> None:
+        """``epochs`` epochs of the model's optimizer (a fresh optimizer state) on the positives of
+        ``train`` (in the grown index space) from the current parameters, with Lambda fixed at its
+        current value (lambdaOpt learns no further: there is no validation data); users and items
+        absent from ``train`` keep their parameters (they would otherwise only be pushed down as
+        negatives)."""
+        from ..models.bpr import BPRObjective
+        from ..optim.bpr import BPRStep
+        from ..train.trainer import Trainer
+
+        f = int(self.rank)
+        reg = LambdaOpt(self.effective_granularity, 0.0, learn=False, lr=self.lam_lr)
+        obj = BPRObjective(train, f, reg, self.item_bias, self.lam_bias, None, seed=self.seed + len(self.history_),
+                           backend=self.backend, device=self.device)
+        if np.shape(reg.lam) != np.shape(self.lambda_):  # pragma: no cover - _grow keeps them in step
+            raise ConfigError("partial_fit: the model's Lambda does not match its size; fit again")
+        reg.lam[...] = self.lambda_
+        bk = obj.backend
+        old = np.array(self.params_, dtype=np.float32, copy=True)
+        y = bk.asarray(old.copy())
+        rng = np.random.default_rng([int(self.seed), len(self.history_), train.nnz])
+        opt = BPRStep(self.optimizer, self.effective_lr, int(self.batch_size), self.valid_batch_size, self.beta1,
+                      self.beta2, self.eps, seed=rng)
+        trainer = Trainer(int(epochs or self.epochs), None, verbose=self.verbose, metric=self.metric.lower(),
+                          higher_is_better=True, label=f"BPR-MF (rank {f}), partial_fit")
+        result = trainer.run(obj, opt, y, None)
+        new = np.array(bk.to_numpy(y), dtype=np.float32, copy=True)
+        for which, counts in (("P", train.user_counts()), ("Q", train.item_counts()), ("b_i", train.item_counts())):
+            a_new, a_old = self.layout_.unpack(new, which)[0], self.layout_.unpack(old, which)[0]
+            if len(a_new):
+                a_new[counts == 0] = a_old[counts == 0]
+        self.params_ = new
+        self.history_ = list(self.history_) + [{**row, "phase": "partial_fit"} for row in result.history]
+        if result.stopped == "diverged":
+            import warnings
+
+            warnings.warn(result.message, RuntimeWarning, stacklevel=3)
+
     # ----------------------------------------------------------------- files
     def _state_arrays(self) -> dict:
         return {"params": np.asarray(self.params_), "lam": np.asarray(self.lambda_)}
