@@ -394,3 +394,15 @@ def test_manifest_lists_every_array(saved):
 def test_files_without_manifest_still_load(tmp_path, saved, fitted_model):
     rewrite_npz(saved, tmp_path / "old.npz", lambda a, m: m.pop("arrays"))
     np.testing.assert_array_equal(lfopt.load(tmp_path / "old.npz").params_, fitted_model.params_)
+
+
+def test_bpr_lambda_of_the_wrong_size_is_refused():
+    import lfopt
+    from lfopt.errors import ModelFileError
+
+    data = lfopt.synthetic(n_users=40, n_items=30, nnz=600, seed=0)
+    model = lfopt.BPRMF(rank=3, epochs=1, patience=None).fit(data, data)
+    arrays = model._state_arrays()
+    arrays["lam"] = np.concatenate([np.ravel(arrays["lam"]), [0.1]])
+    with pytest.raises(ModelFileError, match="Lambda has the wrong size"):
+        model._set_state(arrays, model._state_meta())

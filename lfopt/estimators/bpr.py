@@ -453,6 +453,10 @@ class BPRMF(Recommender):
         if self.params_.shape != (self.layout_.size,):
             raise ModelFileError("damaged lfopt model file (parameter vector has the wrong size)")
         self.lambda_ = arrays["lam"]
+        from ..regularizers.lambda_opt import LambdaLayout
+
+        if np.size(self.lambda_) != LambdaLayout(self.effective_granularity, m, n, f).size:
+            raise ModelFileError("damaged lfopt model file (Lambda has the wrong size)")
         self.best_epoch_ = meta.get("best_epoch")
         self.stopped_ = meta.get("stopped")
         self.lambda_trajectory_ = []
