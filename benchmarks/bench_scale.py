@@ -1,0 +1,124 @@
+"""Memory and time of building a large synthetic dataset and its CSR / CSC views.
+
+For each ``--nnz`` a fresh Python process (so that peak RSS is that size's own)
+runs ``lfopt.synthetic(n_users, n_items, nnz)``, then builds ``data.csr`` and
+``data.csc``, and reports:
+
+* ``gen s``: seconds of ``lfopt.synthetic`` (numba warmed up on a tiny set first),
+* ``views s``: seconds to build both views,
+* ``B/rating``: bytes per rating of the arrays kept (users, items, values and
+  both views' indptr, indices, data and order), ``nbytes`` summed,
+* ``peak RSS``: the process's peak resident memory (``ru_maxrss``), and the
+  part of it above the process's RSS before generation (``above base``).
+
+Usage::
+
+    python benchmarks/bench_scale.py --nnz 5000000 20000000 --users 500000 --items 50000 \
+        --out benchmarks/results/scale.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def view_bytes(data) -> dict:
+    """nbytes of the per-entry arrays of an Interactions and of its built views."""
+    arrays = {"users": data.users, "items": data.items, "values": data.values}
+    for label in ("csr", "csc"):
+        view = getattr(data, label)
+        for part in ("indptr", "indices", "data", "order"):
+            arrays[f"{label}.{part}"] = getattr(view, part)
+    return {k: int(v.nbytes) for k, v in arrays.items()}
+
+
+def measure_one(nnz: int, users: int, items: int, seed: int) -> dict:
+    import lfopt
+
+    lfopt.synthetic(n_users=50, n_items=40, nnz=500, seed=seed).csr  # warm numba (compile or cache load)
+    base = _rss_bytes()
+    t0 = time.perf_counter()
+    data = lfopt.synthetic(n_users=users, n_items=items, nnz=nnz, seed=seed)
+    t1 = time.perf_counter()
+    data.csr, data.csc
+    t2 = time.perf_counter()
+    parts = view_bytes(data)
+    total = sum(parts.values())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        "nnz": nnz, "users": users, "items": items, "gen_s": t1 - t0, "views_s": t2 - t1,
+        "bytes_per_rating": total / nnz, "array_bytes": total, "parts": parts,
+        "peak_rss": peak, "base_rss": base, "peak_above_base": peak - base,
+        "min_user_deg": int(data.user_counts().min()), "min_item_deg": int(data.item_counts().min()),
+        "max_user_deg": int(data.user_counts().max()), "max_item_deg": int(data.item_counts().max()),
+    }
+
+
+def _gib(b: float) -> str:
+    return f"{b / 2**30:.2f} GiB"
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| nnz | users x items | gen s | views s | B/rating | arrays | peak RSS | above base | user deg min/max | item deg min/max |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['nnz']:,} | {r['users']:,} x {r['items']:,} | {r['gen_s']:.1f} | {r['views_s']:.1f} | "
+            f"{r['bytes_per_rating']:.1f} | {_gib(r['array_bytes'])} | {_gib(r['peak_rss'])} | "
+            f"{_gib(r['peak_above_base'])} | {r['min_user_deg']}/{r['max_user_deg']} | "
+            f"{r['min_item_deg']}/{r['max_item_deg']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--nnz", type=int, nargs="+", default=[5_000_000, 20_000_000])
+    p.add_argument("--users", type=int, default=500_000)
+    p.add_argument("--items", type=int, default=50_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the table (markdown) to this file")
+    p.add_argument("--label", default="", help="a heading for the table in --out")
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child: one size, JSON out
+    args = p.parse_args(argv)
+    if args.one:
+        print(json.dumps(measure_one(args.nnz[0], args.users, args.items, args.seed)))
+        return 0
+    rows = []
+    for nnz in args.nnz:
+        cmd = [sys.executable, __file__, "--one", "--nnz", str(nnz), "--users", str(args.users),
+               "--items", str(args.items), "--seed", str(args.seed)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"nnz={nnz}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "parts"}), flush=True)
+    text = table(rows)
+    if rows:
+        text += "\n\nbytes per rating by array (last size): " + ", ".join(
+            f"{k} {v / rows[-1]['nnz']:.2f}" for k, v in rows[-1]["parts"].items())
+    print(text)
+    if args.out:
+        heading = f"## {args.label}\n\n" if args.label else ""
+        with open(args.out, "a") as f:
+            f.write(f"{heading}`python benchmarks/bench_scale.py {' '.join(argv or sys.argv[1:])}`\n\n{text}\n\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
