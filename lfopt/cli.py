@@ -11,7 +11,7 @@ import sys
 
 from .errors import LfoptError
 
-SUBCOMMANDS = ("train", "evaluate", "recommend", "compare", "rank")
+SUBCOMMANDS = ("train", "evaluate", "recommend", "compare", "rank", "experiment")
 
 
 def build_parser() -> argparse.ArgumentParser:
