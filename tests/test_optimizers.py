@@ -234,3 +234,17 @@ def test_time_budget_stops_before_an_epoch_would_overrun():
     assert 1 <= len(res.history) <= 4
     with pytest.raises(lfopt.ConfigError, match="time_budget"):
         Trainer(time_budget=0)
+
+
+def test_slf_damping_stays_bounded_when_every_step_is_rejected(monkeypatch):
+    """At a minimum (in float32) every step is rejected and the damping grows; it must stay finite."""
+    import lfopt
+    import lfopt.optim.second_order as so
+
+    monkeypatch.setattr(so, "_quartic_minimizer", lambda coef, t_max: (1.0, float("inf")))
+    data = lfopt.synthetic(n_users=60, n_items=40, nnz=900, seed=0)
+    model = lfopt.LatentFactorModel(rank=3, optimizer="slf", epochs=12, validation=0, boost=10.0,
+                                    max_retries=8).fit(data)
+    damping = [row["damping"] for row in model.history_]
+    assert all(np.isfinite(damping)) and max(damping) <= so.MAX_DAMPING
+    assert np.isfinite(model.params_).all()

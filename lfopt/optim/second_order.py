@@ -229,7 +229,9 @@ class HessianFree(Optimizer):
             actual = loss0 - loss1
             ratio = actual / predicted if predicted > 0 else -np.inf
             if ratio < 0.25 or not np.isfinite(loss1):
-                self._gamma *= self.boost
+                # capped: at a minimum every float32 step is rejected, and an unbounded gamma
+                # overflowed (inf, then NaN) after a few such epochs
+                self._gamma = min(self._gamma * self.boost, MAX_DAMPING)
             elif ratio > 0.75:
                 self._gamma = max(self._gamma / self.boost, self.min_damping)
             if np.isfinite(loss1) and loss1 <= loss0:
@@ -237,6 +239,10 @@ class HessianFree(Optimizer):
                 return {"damping": gamma, "cg_iters": cg_total, "rho_lm": float(ratio), "rejected": attempt,
                         "step": float(t)}
         return {"damping": float(self._gamma), "cg_iters": cg_total, "rho_lm": float(ratio), "rejected": attempt + 1}
+
+
+#: the largest Levenberg-Marquardt damping: beyond it a step is (G + gamma I)^-1 g ~ g / gamma, nothing
+MAX_DAMPING = 1e8
 
 
 def _quartic_minimizer(coef: np.ndarray, t_max: float) -> tuple[float, float]:
