@@ -192,6 +192,27 @@ class Recommender:
         self._lookup = None
         self._seen_data = None
 
+    def _record_result(self, result, t_start: float) -> None:
+        """What every trained model keeps of a Trainer run (history, best epoch and value, why it
+        stopped, fit seconds since ``t_start``); a diverged run warns."""
+        import time
+
+        self.history_ = result.history
+        self.train_result_ = result
+        self.best_epoch_ = result.best_epoch or len(result.history)
+        self.best_valid_ = result.best_value if result.best_epoch else None
+        self.stopped_ = result.stopped
+        self.fit_seconds_ = time.perf_counter() - t_start
+        if result.stopped == "diverged":
+            warnings.warn(result.message, RuntimeWarning, stacklevel=4)
+
+    def _say(self, text: str) -> None:
+        """One progress line on stderr when ``verbose``."""
+        if getattr(self, "verbose", False):
+            import sys
+
+            print(text, file=sys.stderr, flush=True)
+
     # ------------------------------------------------------------- state
     def _check_fitted(self):
         if not hasattr(self, "user_ids_"):

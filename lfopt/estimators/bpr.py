@@ -259,23 +259,8 @@ class BPRMF(Recommender):
         result = trainer.run(obj, opt, y, evaluate)
         self.params_ = bk.to_numpy(y) if bk.name == "numba" else np.array(bk.to_numpy(y), copy=True)
         self.lambda_ = reg.lam
-        self.history_ = result.history
-        self.train_result_ = result
         self.lambda_trajectory_ = lam_traj
-        self.best_epoch_ = result.best_epoch or len(result.history)
-        self.best_valid_ = result.best_value if result.best_epoch else None
-        self.stopped_ = result.stopped
-        self.fit_seconds_ = time.perf_counter() - t_start
-        if result.stopped == "diverged":
-            import warnings
-
-            warnings.warn(result.message, RuntimeWarning, stacklevel=4)
-
-    def _say(self, text: str) -> None:
-        if self.verbose:
-            import sys
-
-            print(text, file=sys.stderr, flush=True)
+        self._record_result(result, t_start)
 
     # ------------------------------------------------------------- inference
     @property

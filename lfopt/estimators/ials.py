@@ -41,7 +41,6 @@ lam over-regularizes at alpha <= 10.
 from __future__ import annotations
 
 import math
-import sys
 import time
 
 import numpy as np
@@ -303,20 +302,7 @@ class ImplicitALS(Recommender):
         result = trainer.run(obj, opt, y, evaluate)
         self.params_ = y
         self.objective_ = obj
-        self.history_ = result.history
-        self.train_result_ = result
-        self.best_epoch_ = result.best_epoch or len(result.history)
-        self.best_valid_ = result.best_value if result.best_epoch else None
-        self.stopped_ = result.stopped
-        self.fit_seconds_ = time.perf_counter() - t_start
-        if result.stopped == "diverged":
-            import warnings
-
-            warnings.warn(result.message, RuntimeWarning, stacklevel=4)
-
-    def _say(self, text: str) -> None:
-        if self.verbose:
-            print(text, file=sys.stderr, flush=True)
+        self._record_result(result, t_start)
 
     # ------------------------------------------------------------- inference
     @property
