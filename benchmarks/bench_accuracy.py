@@ -39,11 +39,10 @@ from pathlib import Path
 import numpy as np
 
 import lfopt
-from lfopt.results import write_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import PeerUnavailable, run_cornac_mf, run_myfm  # noqa: E402
-from rating_datasets import DATASETS, carve, claim_output, dataset_names, load_split  # noqa: E402
+from rating_datasets import DATASETS, carve, claim_output, dataset_names, load_split, publish  # noqa: E402
 
 SEED = 42
 LEARN_OPTIMIZERS = ("sgd", "adam", "adago", "als", "slf", "sslf")
@@ -239,12 +238,7 @@ def main(argv=None):
             results[name][label] = r
     seconds = time.perf_counter() - t_start
     command = "python benchmarks/bench_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(results, infos, seconds, command.strip(), args.quick)
-    print()
-    print(text)
-    if args.out:
-        write_atomic(args.out, text.encode(), overwrite=args.force)
-        print(f"written to {args.out}")
+    publish(report(results, infos, seconds, command.strip(), args.quick), args.out, args.force)
 
 
 if __name__ == "__main__":

@@ -38,10 +38,9 @@ from pathlib import Path
 import numpy as np
 
 import lfopt
-from lfopt.results import write_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rating_datasets import DATASETS, carve, claim_output, dataset_names, load_split, mean_row_count  # noqa: E402
+from rating_datasets import DATASETS, carve, claim_output, dataset_names, load_split, mean_row_count, publish  # noqa: E402
 
 RANK = 10
 SETTINGS = {  # optimizer: (max epochs, options)
@@ -230,12 +229,7 @@ def main(argv=None):
             log(f"[{name}] skipped: {exc}")
     seconds = time.perf_counter() - t_start
     command = "python benchmarks/bench_reg_form.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(studies, optimizers, args.quick, seconds, command.strip())
-    print()
-    print(text)
-    if args.out:
-        write_atomic(args.out, text.encode(), overwrite=args.force)
-        print(f"written to {args.out}")
+    publish(report(studies, optimizers, args.quick, seconds, command.strip()), args.out, args.force)
 
 
 if __name__ == "__main__":

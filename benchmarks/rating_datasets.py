@@ -62,6 +62,17 @@ def claim_output(ap, path, force: bool) -> None:
             ap.error(f"{path} exists; pass --force to replace it")
 
 
+def publish(text: str, path, force: bool) -> None:
+    """Print the report, and write it to ``path`` (atomically; replacing only with ``force``) if given."""
+    from lfopt.results import write_atomic
+
+    print()
+    print(text)
+    if path:
+        write_atomic(path, text.encode(), overwrite=force)
+        print(f"written to {path}")
+
+
 def carve(train, fraction: float = 0.1, seed: int = VALID_SEED):
     """``(inner, valid)``: the validation part carved from the training data."""
     return lfopt.random_split(train, fraction, seed=seed)
