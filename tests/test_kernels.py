@@ -74,6 +74,18 @@ def _torch_model(data, obj, weights=None):
     return predict, loss, np.concatenate(reg_diag)
 
 
+def _per_row_blocks(obj, G):
+    """G with everything outside the per-row blocks zeroed: each user's and each item's block
+    holds its factors, then its bias (what the block preconditioner inverts)."""
+    m, n, f, nb = obj.m, obj.n, obj.f, obj.n_bias
+    blocks = [list(range(nb + u * f, nb + (u + 1) * f)) + ([u] if nb else []) for u in range(m)]
+    blocks += [list(range(nb + m * f + i * f, nb + m * f + (i + 1) * f)) + ([m + i] if nb else []) for i in range(n)]
+    M = np.zeros_like(G)
+    for idx in blocks:
+        M[np.ix_(idx, idx)] = G[np.ix_(idx, idx)]
+    return M
+
+
 def _rel(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
@@ -204,14 +216,7 @@ def test_block_preconditioner_inverts_the_per_row_blocks_of_g(use_bias, weightin
     predict, _, reg_diag = _torch_model(data, obj)
     J = torch.autograd.functional.jacobian(predict, torch.tensor(y.astype(np.float64))).numpy()
     shift = 0.7
-    G = J.T @ J + np.diag(reg_diag) + shift * np.eye(y.size)
-    # index sets of each user's / item's block: its factors, then its bias
-    m, n, f, nb = obj.m, obj.n, obj.f, obj.n_bias
-    blocks = [list(range(nb + u * f, nb + (u + 1) * f)) + ([u] if nb else []) for u in range(m)]
-    blocks += [list(range(nb + m * f + i * f, nb + m * f + (i + 1) * f)) + ([m + i] if nb else []) for i in range(n)]
-    M = np.zeros_like(G)
-    for idx in blocks:
-        M[np.ix_(idx, idx)] = G[np.ix_(idx, idx)]
+    M = _per_row_blocks(obj, J.T @ J + np.diag(reg_diag) + shift * np.eye(y.size))
     r = np.random.default_rng(2).standard_normal(y.size).astype(np.float32)
     out = np.zeros_like(r)
     obj.block_preconditioner(y, shift=shift)(r, out)

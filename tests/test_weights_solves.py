@@ -16,7 +16,7 @@ from lfopt.models.lf import LFObjective
 
 torch = pytest.importorskip("torch")
 
-from test_kernels import _rel, _torch_model  # noqa: E402  (the torch autodiff reference of the LF objective)
+from test_kernels import _per_row_blocks, _rel, _torch_model  # noqa: E402  (the torch autodiff reference of the LF objective)
 
 F = 4
 BACKENDS = ["numba", "torch"]
@@ -91,13 +91,7 @@ def test_2d_weights_loss_grad_gvp_diag_match_autodiff(backend, use_bias):
         assert np.polynomial.Polynomial(coef)(t) == pytest.approx(loss(yt).item(), rel=1e-5)
     # the block preconditioner inverts the per-row blocks of G + shift I
     shift = 0.7
-    G = J.T @ J + np.diag(reg_diag) + shift * np.eye(y.size)
-    m, n, f, nb = obj.m, obj.n, obj.f, obj.n_bias
-    blocks = [list(range(nb + u * f, nb + (u + 1) * f)) + ([u] if nb else []) for u in range(m)]
-    blocks += [list(range(nb + m * f + i * f, nb + m * f + (i + 1) * f)) + ([m + i] if nb else []) for i in range(n)]
-    M = np.zeros_like(G)
-    for idx in blocks:
-        M[np.ix_(idx, idx)] = G[np.ix_(idx, idx)]
+    M = _per_row_blocks(obj, J.T @ J + np.diag(reg_diag) + shift * np.eye(y.size))
     r = np.random.default_rng(2).standard_normal(y.size).astype(np.float32)
     out = obj.backend.zeros(y.size)
     obj.block_preconditioner(_dev(obj, y), shift=shift)(_dev(obj, r), out)
