@@ -388,22 +388,23 @@ def _(ctx):
 
 
 # ================================================================ odd shapes
-@case("shapes/one-user", "data with a single user trains or is refused clearly")
-def _(ctx):
-    path = write_lines(ctx.dir("oneuser") / "u.tsv", [f"1 {i} {i % 5 + 1}" for i in range(30)])
+def _trains_or_refuses_clearly(ctx, folder, lines):
+    """``lfopt train`` on these lines either trains or refuses with a message: no traceback, no nan."""
+    path = write_lines(ctx.dir(folder) / "r.tsv", lines)
     p = ctx.cli("train", "--data", path, "--epochs", 2)
     if "Traceback" in p.stderr or "nan" in p.stdout.lower():
         return False, tail(p.stderr + p.stdout)
     return True, f"rc {p.returncode}: {tail((p.stdout if p.returncode == 0 else p.stderr).strip(), 100)}"
+
+
+@case("shapes/one-user", "data with a single user trains or is refused clearly")
+def _(ctx):
+    return _trains_or_refuses_clearly(ctx, "oneuser", [f"1 {i} {i % 5 + 1}" for i in range(30)])
 
 
 @case("shapes/one-rating", "a file of one rating is refused clearly (or trains)")
 def _(ctx):
-    path = write_lines(ctx.dir("onerating") / "r.tsv", ["1 1 5"])
-    p = ctx.cli("train", "--data", path, "--epochs", 2)
-    if "Traceback" in p.stderr or "nan" in p.stdout.lower():
-        return False, tail(p.stderr + p.stdout)
-    return True, f"rc {p.returncode}: {tail((p.stdout if p.returncode == 0 else p.stderr).strip(), 100)}"
+    return _trains_or_refuses_clearly(ctx, "onerating", ["1 1 5"])
 
 
 @case("shapes/rank-owns-all", "rank: a user who owns every item gives a clear message, not AUC nan")
