@@ -50,3 +50,7 @@ __all__ += ["ImplicitALS", "PopularityRanker"]
 from .data.split import align_test, train_test_files  # noqa: E402
 
 __all__ += ["align_test", "train_test_files"]
+
+from . import dist  # noqa: E402  (training on many processes: lfopt.dist.init(), rank())
+
+__all__ += ["dist"]

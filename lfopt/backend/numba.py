@@ -227,9 +227,11 @@ class NumbaLFKernels:
                                  self.use_bias)
         return tuple(float(x) for x in sums)
 
-    def gn_blocks(self, params, w, shift: float, diag_scale: float):
+    def gn_blocks(self, params, w, shift: float, diag_scale: float, sides=("u", "i")):
         """Factor the per-row blocks of (J^T J + W) * diag_scale (diagonal) + shift I; returns a
-        handle for :meth:`block_solve`.
+        handle for :meth:`block_solve`.  ``sides`` builds only the user (``"u"``) or item
+        (``"i"``) blocks; :meth:`block_solve` then writes zeros on the other side (a process
+        of a data-parallel run owns the entries of its users on one side only).
 
         Float32 packed Cholesky factors, and for rows with fewer entries than g = f (+1) the
         factor of their n_u x n_u dual (Woodbury), so the blocks take sum_u min(n_u, g)^2 / 2
@@ -241,9 +243,12 @@ class NumbaLFKernels:
         f = P.shape[1]
         g = f + 1 if self.use_bias else f
         sh, sc = np.float64(shift), np.float64(diag_scale)
-        sides = []
+        sides_ = []
         need = 0
-        for view, Y, wX, wB in ((self.csr, Q, wu, wbu), (self.csc, P, wi, wbi)):
+        for side, view, Y, wX, wB in (("u", self.csr, Q, wu, wbu), ("i", self.csc, P, wi, wbi)):
+            if side not in sides:
+                sides_.append(None)
+                continue
             rows = len(view.indptr) - 1
             counts = np.diff(view.indptr)
             # the dual form needs a positive diagonal part D = (s - 1) colsq + s w + shift
@@ -255,13 +260,13 @@ class NumbaLFKernels:
             offsets, dual, n_floats = K.gn_block_layout(counts, g, ok)
             snapshot = bool(dual.any())
             need += 4 * n_floats + offsets.nbytes + dual.nbytes + (Y.nbytes if snapshot else 0)
-            sides.append((view, Y, wX, wB, offsets, dual, n_floats, snapshot))
+            sides_.append((view, Y, wX, wB, offsets, dual, n_floats, snapshot))
         budget = block_budget_bytes()
         handle = None
         if need <= budget:
             try:
                 built = []
-                for view, Y, wX, wB, offsets, dual, n_floats, snapshot in sides:
+                for view, Y, wX, wB, offsets, dual, n_floats, snapshot in filter(None, sides_):
                     store = np.empty(n_floats, dtype=np.float32)
                     # the dual rows are applied from the other side's factors: keep a copy
                     Ys = Y.copy() if snapshot else Y[:0]
@@ -270,8 +275,8 @@ class NumbaLFKernels:
                     for view, Y, Ys, offsets, dual, store, wX, wB in built:
                         K.side_gn_blocks(view.indptr, view.indices, Y, wX, wB, self.use_bias, sh, sc, offsets, dual,
                                          store, blas)
-                handle = ("blocks", [(view, Ys, offsets, dual, store) for view, _, Ys, offsets, dual, store, _, _
-                                     in built])
+                done = iter([(view, Ys, offsets, dual, store) for view, _, Ys, offsets, dual, store, _, _ in built])
+                handle = ("blocks", [None if sd is None else next(done) for sd in sides_])
             except MemoryError:
                 handle = None
         if handle is None:
@@ -295,8 +300,12 @@ class NumbaLFKernels:
             for a, d, o in zip(r, data, out):
                 np.divide(a, d, out=o)
             return
-        for (view, Ys, offsets, dual, store), RX, rb, OX, ob in zip(data, (RP, RQ), (rbu, rbi), (OP, OQ),
-                                                                     (obu, obi)):
+        for blocks, RX, rb, OX, ob in zip(data, (RP, RQ), (rbu, rbi), (OP, OQ), (obu, obi)):
+            if blocks is None:  # a side not built (see gn_blocks' sides)
+                OX[...] = 0.0
+                ob[...] = 0.0
+                continue
+            view, Ys, offsets, dual, store = blocks
             K.side_block_solve(view.indptr, view.indices, Ys, self.use_bias, offsets, dual, store, RX, rb, OX, ob)
 
     # ---------------------------------------------------------- per-entry oracles
@@ -304,25 +313,41 @@ class NumbaLFKernels:
         """Entries grouped into DSGD blocks (user group x item group), shuffled once within
         each block and stored in that order (LIBMF-style: sequential reads)."""
         if self._sgd is None:
-            from numba import get_num_threads
-
-            # a fixed 8 x 8 grid up to 4 threads: the same blocks, hence the same updates in the
-            # same order, whatever the thread count (bit-identical results with 1, 2, 3 or 4)
-            nb = self._n_blocks or max(MIN_SGD_BLOCKS, 2 * get_num_threads())
-            nb = max(1, min(nb, self.m, self.n))
-            rng = np.random.default_rng(12345)
-            ug = rng.integers(0, nb, self.m)
-            ig = rng.integers(0, nb, self.n)
-            t = self.train
-            block = ug[t.users].astype(np.int64) * nb + ig[t.items]
-            shuffled = rng.permutation(self.nnz)
-            order = shuffled[np.argsort(block[shuffled], kind="stable")]
-            ptr = np.zeros(nb * nb + 1, dtype=np.int64)
-            np.cumsum(np.bincount(block, minlength=nb * nb), out=ptr[1:])
-            self._sgd = dict(rows=np.ascontiguousarray(t.users[order]), cols=np.ascontiguousarray(t.items[order]),
-                             vals=np.ascontiguousarray(t.values[order]), ptr=ptr, nb=nb, order=order,
-                             perm=np.arange(self.nnz, dtype=np.int64))
+            self._sgd = self.sgd_layout_of(None)
         return self._sgd
+
+    def sgd_layout_of(self, positions=None) -> dict:
+        """The DSGD layout of the entries at ``positions`` of the training data (all when
+        None): a grid of nb x nb blocks by random user and item groups, entries shuffled
+        once within each block and stored in that order; what :meth:`sgd_block` runs."""
+        from numba import get_num_threads
+
+        # a fixed 8 x 8 grid up to 4 threads: the same blocks, hence the same updates in the
+        # same order, whatever the thread count (bit-identical results with 1, 2, 3 or 4)
+        nb = self._n_blocks or max(MIN_SGD_BLOCKS, 2 * get_num_threads())
+        nb = max(1, min(nb, self.m, self.n))
+        rng = np.random.default_rng(12345)
+        ug = rng.integers(0, nb, self.m)
+        ig = rng.integers(0, nb, self.n)
+        t = self.train
+        pos = np.arange(self.nnz) if positions is None else np.asarray(positions, dtype=np.int64)
+        block = ug[t.users[pos]].astype(np.int64) * nb + ig[t.items[pos]]
+        shuffled = rng.permutation(len(pos))
+        local = shuffled[np.argsort(block[shuffled], kind="stable")]
+        order = pos[local]
+        ptr = np.zeros(nb * nb + 1, dtype=np.int64)
+        np.cumsum(np.bincount(block, minlength=nb * nb), out=ptr[1:])
+        return dict(rows=np.ascontiguousarray(t.users[order]), cols=np.ascontiguousarray(t.items[order]),
+                    vals=np.ascontiguousarray(t.values[order]), ptr=ptr, nb=nb, order=order,
+                    perm=np.arange(len(pos), dtype=np.int64))
+
+    def sgd_block(self, mu, params, lr, v, lay) -> float:
+        """One pass of per-entry SGD over a layout of :meth:`sgd_layout_of` (in place);
+        returns the sum of squared residuals seen."""
+        bu, bi, P, Q = params
+        return float(K.sgd_epoch(lay["rows"], lay["cols"], lay["vals"], lay["ptr"], lay["nb"], lay["perm"], False,
+                                 np.uint64(0), np.float32(mu), bu, bi, P, Q, np.float32(lr), *self._per_visit(v),
+                                 self.use_bias))
 
     def sgd_order(self) -> np.ndarray:
         """Positions (in the Interactions' order) in an order that visits the entries exactly
@@ -354,14 +379,18 @@ class NumbaLFKernels:
         return float(K.batch_grad_diag(t.users, t.items, t.values, batch, np.float32(mu), bu, bi, P, Q,
                                        *self._per_visit(v), self.use_bias, np.float32(scale), want, *grad, *diag))
 
-    def als_sweep(self, mu, params, w) -> None:
+    def als_sweep(self, mu, params, w, sides=("u", "i")) -> None:
+        """Exact ridge solves of every user row, then of every item row (in place); ``sides``
+        runs only one of the two half-sweeps."""
         bu, bi, P, Q = params
         wu, wi, wbu, wbi = w
         csr, csc = self.csr, self.csc
         mu = np.float32(mu)
         with K.single_threaded_blas() as blas:
-            K.als_side(csr.indptr, csr.indices, csr.data, mu, bi, Q, wu, wbu, self.use_bias, P, bu, blas)
-            K.als_side(csc.indptr, csc.indices, csc.data, mu, bu, P, wi, wbi, self.use_bias, Q, bi, blas)
+            if "u" in sides:
+                K.als_side(csr.indptr, csr.indices, csr.data, mu, bi, Q, wu, wbu, self.use_bias, P, bu, blas)
+            if "i" in sides:
+                K.als_side(csc.indptr, csc.indices, csc.data, mu, bu, P, wi, wbi, self.use_bias, Q, bi, blas)
 
     def predict(self, mu, params, rows, cols) -> np.ndarray:
         bu, bi, P, Q = params

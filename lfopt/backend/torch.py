@@ -857,7 +857,7 @@ class TorchLFKernels:
             return int(free // 2)
         return nb.block_budget_bytes()
 
-    def gn_blocks(self, params, w, shift=0.0, diag_scale=1.0):
+    def gn_blocks(self, params, w, shift=0.0, diag_scale=1.0, sides=("u", "i")):
         """Cholesky factors of the per-row blocks of the GN matrix (ALS normal matrices): for
         user u, sum_i z z^T + diag(wu[u, :], wbu[u]), diagonal times ``diag_scale``, plus
         ``shift``; z = (q_i, 1).  Returns a handle for :meth:`block_solve` (the blocks'
@@ -881,6 +881,9 @@ class TorchLFKernels:
             return ("jacobi", diag)
         handle = []
         for side, Y, wX, wb, rows in (("u", Q, wu, wbu, self.m), ("i", P, wi, wbi, self.n)):
+            if side not in sides:  # not built: block_solve writes zeros there
+                handle.append(None)
+                continue
             inv = torch.empty((rows, g, g), dtype=_F64, device=self.device)
             for r0, r1 in self._row_chunks(rows, g):
                 A = self._grams(side, Y, r0, r1)
@@ -901,6 +904,10 @@ class TorchLFKernels:
         rbu, rbi, RP, RQ = r
         obu, obi, OP, OQ = out
         for Minv, RX, rb, OX, ob in ((Mu, RP, rbu, OP, obu), (Mi, RQ, rbi, OQ, obi)):
+            if Minv is None:
+                OX.zero_()
+                ob.zero_()
+                continue
             x = torch.cat([RX, rb[:, None]], 1) if self.use_bias else RX
             sol = torch.bmm(Minv, x.to(_F64)[:, :, None])[:, :, 0]
             f = RX.shape[1]
@@ -909,21 +916,24 @@ class TorchLFKernels:
                 ob.copy_(sol[:, f])
         return out
 
-    def als_sweep(self, mu, params, w) -> None:
+    def als_sweep(self, mu, params, w, sides=("u", "i")) -> None:
         """Exact ridge solve of every user row given the items, then of every item row given
-        the users (in place); rows without entries are set to 0."""
+        the users (in place); rows without entries are set to 0.  ``sides`` runs only one
+        of the two half-sweeps."""
         bu, bi, P, Q = params
         wu, wi, wbu, wbi = self._weights(w)
         mu = float(mu)
         # user side: targets r - mu - b_i in CSR order
-        t_u = self.u_val - mu
-        if self.use_bias:
-            t_u = t_u - bi[self.u_col]
-        self._als_side("u", t_u, Q, wu, wbu, P, bu)
-        t_i = self.i_val - mu
-        if self.use_bias:
-            t_i = t_i - bu[self.i_col]
-        self._als_side("i", t_i, P, wi, wbi, Q, bi)
+        if "u" in sides:
+            t_u = self.u_val - mu
+            if self.use_bias:
+                t_u = t_u - bi[self.u_col]
+            self._als_side("u", t_u, Q, wu, wbu, P, bu)
+        if "i" in sides:
+            t_i = self.i_val - mu
+            if self.use_bias:
+                t_i = t_i - bu[self.i_col]
+            self._als_side("i", t_i, P, wi, wbi, Q, bi)
 
     def _als_side(self, side, target, Y, wX, wb, X, b_self):
         rows = X.shape[0]

@@ -111,6 +111,10 @@ def add_parser(sub):
     add_output_options(p)
     p.add_argument("--save", metavar="MODEL.npz",
                    help="save the trained model (with the data's description and split, for 'lfopt evaluate')")
+    p.add_argument("--distributed", action="store_true",
+                   help="train on the processes torchrun starts (torch.distributed: gloo on CPUs, NCCL on GPUs): "
+                   "torchrun --nproc-per-node N -m lfopt train ... --distributed; every process reads the data, "
+                   "only the first prints and writes files")
     p.set_defaults(_names=option_names(p))
     return p
 
@@ -147,7 +151,8 @@ def build_model(args, rank: int) -> LatentFactorModel:
     given = {k: getattr(args, k) for k in MODEL_DESTS if getattr(args, k, None) is not None}
     return LatentFactorModel(rank=rank, **given, use_bias=not args.no_bias, seed=args.seed,
                              validation=args.valid_fraction or None, verbose=not args.quiet,
-                             backend=args.backend, device=args.device, **optimizer_options(args))
+                             backend=args.backend, device=args.device,
+                             distributed=bool(getattr(args, "distributed", False)), **optimizer_options(args))
 
 
 def _check_args(args, data) -> None:
@@ -199,6 +204,14 @@ def load_test_file(args):
 
 
 def run(args) -> int:
+    comm = None
+    if getattr(args, "distributed", False):
+        from ..dist import init
+
+        comm = init("nccl" if args.device and str(args.device).startswith("cuda") else "gloo")
+        if comm.rank != 0:  # one voice: the other processes compute and stay quiet
+            args.quiet = True
+    lead = comm is None or comm.rank == 0
     check_output_paths([("--output", args.output), ("--save", args.save and model_path(args.save))],
                        args.overwrite)
     data = load_dataset(args)
@@ -265,6 +278,8 @@ def run(args) -> int:
                                                 else {}).items() if k != "seed"},  # the seed is an option
         "history": res.history,
     }
+    if comm is not None:
+        summary["distributed"] = {"processes": comm.world, "backend": comm.backend}
     if "noise_floor" in data.meta:
         summary["noise_floor"] = data.meta["noise_floor"]
         summary["rmse_over_floor"] = scores["rmse"] / data.meta["noise_floor"]
@@ -286,7 +301,11 @@ def run(args) -> int:
     ]
     if "noise_floor" in summary:
         lines.append(f"noise floor {summary['noise_floor']:.4f}: RMSE is {summary['rmse_over_floor']:.3f} x the floor")
-    lines.append(f"peak memory {summary['peak_memory_mb']:.0f} MiB")
+    lines.append(f"peak memory {summary['peak_memory_mb']:.0f} MiB" + (" (this process)" if comm else ""))
+    if comm is not None:
+        lines.append(f"distributed: {comm.world} processes ({comm.backend})")
+    if not lead:  # only the first process reports and writes
+        return 0
     print("\n".join(lines))
     if args.output:
         write_json(args.output, summary, args.overwrite)

@@ -13,7 +13,7 @@ from .base import RatingRecommender, register_model
 
 _FIXED = ("rank", "optimizer", "epochs", "lam", "lam_b", "lam0", "lam0_b", "use_bias", "init_scale", "seed",
           "patience", "validation", "refit", "standardize", "granularity", "preset", "time_budget", "verbose",
-          "backend", "device")
+          "backend", "device", "distributed")
 
 
 @register_model("latent_factor")
@@ -64,6 +64,11 @@ class LatentFactorModel(RatingRecommender):
     verbose : print one progress line per epoch (to stderr).
     backend, device : ``"numba"`` (CPU, the default) or ``"torch"`` with
         ``device="cpu"`` or ``"cuda"``; every optimizer runs on either.
+    distributed : train on all the processes of a torch.distributed group (launched by
+        torchrun; see :mod:`lfopt.dist`): each process computes the oracles on its block of
+        users and items and the parts are all-reduced, so every optimizer but ``gibbs``
+        (and learned ``lam``) gives the one-process iterates (``sgd``'s fused epoch runs as
+        DSGD across processes).  Every process calls ``fit`` with the same data.
     **optimizer_options : the optimizer's hyper-parameters, e.g. ``lr=0.01``,
         ``batch_size=8192``, ``rho=0.05`` (sharpness-aware, any optimizer),
         ``cg_iters=10``, ``damping=1.0``.
@@ -92,7 +97,8 @@ class LatentFactorModel(RatingRecommender):
                  validation: float | None = 0.1, refit: bool = True, standardize: bool = True,
                  granularity: str = "global", preset: str | None = None, time_budget: float | None = None,
                  verbose: bool = False,
-                 backend: str = "numba", device: str | None = None, **optimizer_options):
+                 backend: str = "numba", device: str | None = None, distributed: bool = False,
+                 **optimizer_options):
         self.rank = rank
         self.optimizer = optimizer
         self.epochs = epochs
@@ -113,6 +119,7 @@ class LatentFactorModel(RatingRecommender):
         self.verbose = verbose
         self.backend = backend
         self.device = device
+        self.distributed = distributed
         self.optimizer_options = optimizer_options
         self._check_params()
 
@@ -174,8 +181,18 @@ class LatentFactorModel(RatingRecommender):
             reg = LearnedL2(granularity=self.granularity, seed=self.seed)
         else:
             reg = L2(self.lam, self.lam_b, lam0=self.lam0, lam0_b=self.lam0_b)
-        obj = LFObjective(train, self.rank, regularizer=reg, use_bias=self.use_bias, backend=self.backend,
-                          device=self.device)
+        if self.distributed:
+            from ..dist import communicator
+            from ..models.lf_dist import DistributedLFObjective
+
+            if self._plan()["optimizer"] == "gibbs":
+                raise ConfigError("the Gibbs sampler (optimizer='gibbs', preset='accurate') is not available in "
+                                  "distributed training")
+            obj = DistributedLFObjective(train, self.rank, regularizer=reg, use_bias=self.use_bias,
+                                         backend=self.backend, device=self.device, comm=communicator())
+        else:
+            obj = LFObjective(train, self.rank, regularizer=reg, use_bias=self.use_bias, backend=self.backend,
+                              device=self.device)
         if hasattr(reg, "bind"):
             reg.bind(obj, valid if reg.learn else None)
             if learned is not None:
@@ -254,7 +271,8 @@ class LatentFactorModel(RatingRecommender):
                     callback(self, row)
 
         patience = self.patience if valid is not None else None
-        trainer = Trainer(epochs or plan["epochs"], patience, verbose=self.verbose, time_budget=plan["time_budget"],
+        verbose = self.verbose and getattr(getattr(obj, "comm", None), "rank", 0) == 0
+        trainer = Trainer(epochs or plan["epochs"], patience, verbose=verbose, time_budget=plan["time_budget"],
                           callback=hook, metric="rmse", label=f"latent factor model (rank {self.rank})")
         result = trainer.run(obj, opt, y, evaluate)
         self.params_ = self._to_raw(bk.to_numpy(y))

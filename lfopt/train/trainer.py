@@ -253,9 +253,11 @@ class Trainer:
         since_best = 0
         elapsed = 0.0
         longest = 0.0
+        # processes of a distributed run stop together: any one over the budget stops all
+        agree = getattr(objective, "agree", None) or (lambda flag: flag)
         for epoch in range(1, self.epochs + 1):
             if self.time_budget is not None and epoch > 1 and \
-                    time.perf_counter() - start_all + longest > self.time_budget:
+                    agree(time.perf_counter() - start_all + longest > self.time_budget):
                 res.stopped = "time_budget"
                 break
             t0 = time.perf_counter()

@@ -1,0 +1,240 @@
+"""The LF objective on many processes (METHODS.md section 5e; the scheme is in :mod:`lfopt.dist`).
+
+:class:`DistributedLFObjective` offers the oracles of :class:`~lfopt.models.lf.LFObjective`
+to every optimizer unchanged: each process computes its block's part with the
+usual kernels (called with zero penalty weights), one all-reduce sums the parts,
+and the penalty W y is added once.  The regularizer's weights and the mean come
+from the whole training set, so the objective is the one-process objective.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.interactions import Interactions
+from ..dist import LocalComm, balanced_ranges
+from ..errors import ConfigError
+from .lf import LFObjective
+
+
+class DistributedLFObjective(LFObjective):
+    """The LF objective of ``train`` (the whole training set, the same on every process),
+    computed by ``comm.world`` processes, this one owning a block of users and a block
+    of items (contiguous index ranges with about equal numbers of entries).
+
+    >>> import lfopt
+    >>> from lfopt.dist import LocalComm
+    >>> data = lfopt.synthetic(n_users=40, n_items=30, nnz=400, seed=0)
+    >>> one = LFObjective(data, rank=3, lam=0.05)
+    >>> many = DistributedLFObjective(data, rank=3, lam=0.05, comm=LocalComm())
+    >>> y = one.init_params(0.1, seed=0)
+    >>> abs(one.loss(y) - many.loss(y)) < 1e-3 * one.loss(y)
+    True
+    """
+
+    name = "LF (distributed)"
+
+    def __init__(self, train: Interactions, rank: int, regularizer=None, use_bias: bool = True, backend="numba",
+                 device: str | None = None, lam: float | None = None, lam_b: float | None = None, comm=None):
+        self.comm = comm if comm is not None else LocalComm()
+        r, p = self.comm.rank, self.comm.world
+        uc, ic = train.user_counts(), train.item_counts()
+        self.user_bounds = balanced_ranges(uc, p)
+        self.item_bounds = balanced_ranges(ic, p)
+        u0, u1 = int(self.user_bounds[r]), int(self.user_bounds[r + 1])
+        i0, i1 = int(self.item_bounds[r]), int(self.item_bounds[r + 1])
+        self.user_range, self.item_range = (u0, u1), (i0, i1)
+        mine_u = (train.users >= u0) & (train.users < u1)
+        self._owned_pos = np.flatnonzero(mine_u)
+        self._owned_mask = mine_u
+        user_part = train.subset(self._owned_pos)
+        if user_part.nnz == 0:
+            raise ConfigError(f"process {r} of {p} owns no training entries ({train.nnz} entries for {p} "
+                              f"processes): use fewer processes")
+        item_part = train.subset((train.items >= i0) & (train.items < i1))
+        # the kernels of this process's users (and, on a second kernel set, items)
+        super().__init__(user_part, rank, regularizer=regularizer, use_bias=use_bias, backend=backend,
+                         device=device, lam=lam, lam_b=lam_b)
+        self.item_kernels = self.backend.lf_kernels(item_part, self.use_bias, None)
+        # the whole training set's statistics: the mean, the counts, hence the weights
+        self.train = train
+        self.nnz = train.nnz
+        self.mu = float(np.float32(train.values.mean())) if self.use_bias else 0.0
+        self._counts = (uc, ic)
+        reg = self.regularizer
+        if hasattr(reg, "bind"):
+            raise ConfigError("a learned regularization (lam='learn') is not available in distributed training: "
+                              "give lam (and lam0) numbers")
+        visits = reg.visit_weights(uc, ic) if hasattr(reg, "visit_weights") else None
+        self.set_row_weights(*reg.row_weights(uc, ic), visits=visits)
+        be = self.backend
+        self._w0 = tuple(be.asarray(np.zeros(k, dtype=np.float32)) for k in (self.m, self.n, self.m, self.n))
+        self._dsgd = None
+
+    # ------------------------------------------------------------- helpers
+    def _reduce(self, x):
+        """Sum ``x`` over processes in place (a flat vector on the backend)."""
+        return self.comm.allreduce_(x)
+
+    def _own_only(self, x, users: bool, items: bool):
+        """Zero, in the flat vector ``x``, the rows this process does not own (users and/or items)."""
+        bu, bi, P, Q = self.unpack(x)
+        (u0, u1), (i0, i1) = self.user_range, self.item_range
+        if users:
+            P[:u0] = 0.0
+            P[u1:] = 0.0
+            if self.use_bias:
+                bu[:u0] = 0.0
+                bu[u1:] = 0.0
+        if items:
+            Q[:i0] = 0.0
+            Q[i1:] = 0.0
+            if self.use_bias:
+                bi[:i0] = 0.0
+                bi[i1:] = 0.0
+
+    def _reduce_rows(self, y, users: bool, items: bool):
+        """Every process keeps only its own rows of users/items, then the sum restores all."""
+        if self.comm.world == 1:
+            return
+        self._own_only(y, users, items)
+        bu, bi, P, Q = self.unpack(y)
+        for part, on in ((bu, users), (bi, items), (P, users), (Q, items)):
+            if on and part.size:
+                self._reduce(part.reshape(-1))
+
+    def agree(self, flag: bool) -> bool:
+        """True on every process when ``flag`` is true on any (the trainer's time budget)."""
+        return self.comm.any(flag)
+
+    # -------------------------------------------------------------- oracles
+    def loss(self, y) -> float:
+        sse = self.kernels.sse(self.mu, self.unpack(y))
+        self.last_sse = float(self.comm.allreduce_scalars([sse])[0])
+        return 0.5 * self.last_sse + self.penalty(y)
+
+    def loss_grad(self, y, g) -> float:
+        sse = self.kernels.residual_grad(self.mu, self.unpack(y), self._w0, self.unpack(g))
+        self._reduce(g)
+        g += self._reg_diag * y
+        self.last_sse = float(self.comm.allreduce_scalars([sse])[0])
+        return 0.5 * self.last_sse + self.penalty(y)
+
+    def gvp(self, y, v, out):
+        self.kernels.gvp(self.unpack(y), self.unpack(v), self._w0, self.unpack(out))
+        self._reduce(out)
+        out += self._reg_diag * v
+        return out
+
+    def gn_diag(self, y, out):
+        self.kernels.gn_diag(self.unpack(y), self._w0, self.unpack(out))
+        self._reduce(out)
+        out += self._reg_diag
+        return out
+
+    def step_polynomial(self, y, direction) -> np.ndarray:
+        sums = self.comm.allreduce_scalars(self.kernels.line_sums(self.mu, self.unpack(y), self.unpack(direction)))
+        ee, es, ec, ss, sc, cc = (float(s) for s in sums)
+        wy_d = self._wdot(y, direction)
+        w_dd = self._wdot(direction, direction)
+        return np.array([0.5 * ee + self.penalty(y), -es + wy_d, 0.5 * (ss - 2 * ec) + 0.5 * w_dd, sc, 0.5 * cc])
+
+    def block_preconditioner(self, y, shift: float = 0.0, diag_scale: float = 1.0):
+        """The per-row blocks of every user and item row, each built by the process that owns
+        the row's entries; one application solves the owned rows and all-reduces."""
+        params = self.unpack(y)
+        hu = self.kernels.gn_blocks(params, self._w, float(shift), float(diag_scale), sides=("u",))
+        hi = self.item_kernels.gn_blocks(params, self._w, float(shift), float(diag_scale), sides=("i",))
+        if _is_jacobi(hu) or _is_jacobi(hi):  # over the memory budget: the (global) GN diagonal
+            d = self.gn_diag(y, self.backend.empty_like(y))
+            d *= np.float32(diag_scale)
+            d += np.float32(shift)
+            self.backend.clamp_min_(d, 1e-6)
+
+            def jacobi(r, out):
+                out[:] = r / d
+                return out
+
+            return jacobi
+        part = self.backend.empty_like(y)
+
+        def apply(r, out):
+            rv = self.unpack(r)
+            self.kernels.block_solve(hu, rv, self.unpack(out))
+            self.item_kernels.block_solve(hi, rv, self.unpack(part))
+            out += part
+            self._own_only(out, users=True, items=True)
+            self._reduce(out)
+            return out
+
+        return apply
+
+    def als_sweep(self, y) -> None:
+        """Users of this process's block solved exactly, user rows exchanged, then items."""
+        params = self.unpack(y)
+        self.kernels.als_sweep(self.mu, params, self._w, sides=("u",))
+        self._reduce_rows(y, users=True, items=False)
+        self.item_kernels.als_sweep(self.mu, params, self._w, sides=("i",))
+        self._reduce_rows(y, users=False, items=True)
+
+    def batch_grad(self, y, batch, g, diag=None, scale: float | None = None) -> float:
+        """The batch's entries of this process's users, summed over processes: the same
+        numbers as one process on the whole batch (``batch`` holds positions in ``train``)."""
+        if scale is None:
+            scale = self.nnz / len(batch)
+        be = self.backend
+        b = be.to_numpy(batch) if not isinstance(batch, np.ndarray) else batch
+        mine = b[self._owned_mask[b]]
+        local = be.index(np.searchsorted(self._owned_pos, mine))
+        sse = self.kernels.batch_grad(self.mu, self.unpack(y), self._v, local, scale, self.unpack(g),
+                                      None if diag is None else self.unpack(diag))
+        self._reduce(g)
+        if diag is not None:
+            self._reduce(diag)
+        return float(self.comm.allreduce_scalars([sse])[0])
+
+    def sgd_epoch(self, y, lr: float, seed: int, reshuffle: bool = False) -> float:
+        """One DSGD epoch over all processes (in place); returns the mean squared residual.
+
+        p sub-epochs: in sub-epoch s this process updates the entries of its users and of
+        item block (rank + s) mod p (within it, the usual parallel epoch over a grid of
+        sub-blocks), then every process receives the updated item rows."""
+        if reshuffle:
+            raise ConfigError("sgd with reshuffle=True is not available in distributed training")
+        if self.comm.world == 1:
+            return super().sgd_epoch(y, lr, seed, reshuffle)
+        blocks = self._dsgd_blocks()
+        p, r = self.comm.world, self.comm.rank
+        sse = 0.0
+        for s in range(p):
+            c = (r + s) % p
+            sse += self.kernels.sgd_block(self.mu, self.unpack(y), lr, self._v, blocks[c])
+            self._reduce_item_block(y, c_of_rank=[(q + s) % p for q in range(p)])
+        self._reduce_rows(y, users=True, items=False)
+        return float(self.comm.allreduce_scalars([sse])[0]) / self.nnz
+
+    def _reduce_item_block(self, y, c_of_rank):
+        """After a DSGD sub-epoch: the item rows of the block this process updated survive,
+        the others are zeroed, and the sum gives every process every updated row."""
+        c = c_of_rank[self.comm.rank]
+        i0, i1 = int(self.item_bounds[c]), int(self.item_bounds[c + 1])
+        _, bi, _, Q = self.unpack(y)
+        Q[:i0] = 0.0
+        Q[i1:] = 0.0
+        if self.use_bias:
+            bi[:i0] = 0.0
+            bi[i1:] = 0.0
+            self._reduce(bi)
+        self._reduce(Q.reshape(-1))
+
+    def _dsgd_blocks(self):
+        """This process's entries split by item block (positions into its user part)."""
+        if self._dsgd is None:
+            items = self.kernels.train.items
+            which = np.searchsorted(self.item_bounds, items, side="right") - 1
+            self._dsgd = [self.kernels.sgd_layout_of(np.flatnonzero(which == c)) for c in range(self.comm.world)]
+        return self._dsgd
+
+
+def _is_jacobi(handle) -> bool:
+    return isinstance(handle, tuple) and len(handle) == 2 and isinstance(handle[0], str) and handle[0] == "jacobi"
