@@ -41,5 +41,36 @@ def main(out: str, names: list) -> None:
         np.savez(out, **got)
 
 
+
+
+def bpr_main(out: str) -> None:
+    """BPR with lambdaOpt (DUI) on 2 processes: the validation NDCG it reaches."""
+    comm = lfopt.dist.init("gloo")
+    split = bpr_split()
+    m = bpr_model(True).fit(split.train, split.valid)
+    res = m.evaluate(split.test)
+    if comm.rank == 0:
+        np.savez(out, ndcg=np.array(res["ndcg@10"]), auc=np.array(res["auc"]), P=m.params_)
+
+
+def bpr_split():
+    from lfopt.ranking import implicit_split
+
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k" / "u.data"
+    return implicit_split(lfopt.load_data(path), threshold=4, k_core=3)
+
+
+def bpr_model(distributed: bool):
+    from lfopt.ranking import BPRMF
+
+    return BPRMF(rank=16, epochs=15, regularizer="lambdaopt", granularity="DUI", patience=None, seed=1,
+                 distributed=distributed)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2].split(","))
+    if sys.argv[2] == "bpr":
+        bpr_main(sys.argv[1])
+    else:
+        main(sys.argv[1], sys.argv[2].split(","))

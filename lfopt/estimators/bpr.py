@@ -75,6 +75,10 @@ class BPRMF(Recommender):
     seed : initialization, shuffling and negative sampling.
     verbose : print one progress line per epoch (stderr).
     backend, device : ``"numba"`` (CPU, default) or ``"torch"`` on ``"cpu"`` / ``"cuda"``.
+    distributed : train on the processes of a torch.distributed group (torchrun, see
+        :mod:`lfopt.dist`): each samples the triples of its block of users; user rows come
+        from their owner and item rows (and a learned Lambda's change) are averaged every
+        epoch (:mod:`lfopt.models.bpr_dist`).  Every process calls ``fit`` with the same data.
 
     Examples
     --------
@@ -97,7 +101,8 @@ class BPRMF(Recommender):
                  lam_lr: float = 1e-3, lam_bias: float = 0.0, item_bias: bool = False, init_scale: float = 0.1,
                  beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, valid_batch_size: int | None = None,
                  lambda_holdout: float = 0.0, patience: int | None = 10, metric: str = "ndcg@50", ks=DEFAULT_KS,
-                 seed: int = 42, verbose: bool = False, backend: str = "numba", device: str | None = None):
+                 seed: int = 42, verbose: bool = False, backend: str = "numba", device: str | None = None,
+                 distributed: bool = False):
         self.rank = rank
         self.optimizer = optimizer
         self.lr = lr
@@ -122,6 +127,7 @@ class BPRMF(Recommender):
         self.verbose = verbose
         self.backend = backend
         self.device = device
+        self.distributed = distributed
         self._check_params()
 
     # ------------------------------------------------------------------ params
@@ -212,8 +218,16 @@ class BPRMF(Recommender):
             stop_exclude = [train, lam_valid]
         m, n, f = train.n_users, train.n_items, int(self.rank)
         reg = LambdaOpt(self.effective_granularity, self.effective_lam, learn=learn, lr=self.lam_lr)
-        obj = BPRObjective(train, f, reg, self.item_bias, self.lam_bias, lam_valid if learn else None,
-                           seed=self.seed, backend=self.backend, device=self.device)
+        if self.distributed:
+            from ..dist import communicator
+            from ..models.bpr_dist import DistributedBPRObjective
+
+            obj = DistributedBPRObjective(train, f, reg, self.item_bias, self.lam_bias, lam_valid if learn else None,
+                                          seed=self.seed, backend=self.backend, device=self.device,
+                                          comm=communicator())
+        else:
+            obj = BPRObjective(train, f, reg, self.item_bias, self.lam_bias, lam_valid if learn else None,
+                               seed=self.seed, backend=self.backend, device=self.device)
         rng = np.random.default_rng(self.seed)
         y = obj.init_params(self.init_scale, rng)
         opt = BPRStep(self.optimizer, self.effective_lr, int(self.batch_size), self.valid_batch_size, self.beta1,
@@ -253,8 +267,9 @@ class BPRMF(Recommender):
             if callback is not None:
                 callback(self, row)
 
+        lead = getattr(getattr(obj, "comm", None), "rank", 0) == 0
         trainer = Trainer(int(self.epochs), self.patience if evaluate is not None else None, min_delta=0.0,
-                          verbose=self.verbose, callback=hook, metric=metric, higher_is_better=True,
+                          verbose=self.verbose and lead, callback=hook, metric=metric, higher_is_better=True,
                           label=f"BPR-MF (rank {f})")
         result = trainer.run(obj, opt, y, evaluate)
         self.params_ = bk.to_numpy(y) if bk.name == "numba" else np.array(bk.to_numpy(y), copy=True)
