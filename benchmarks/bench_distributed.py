@@ -66,11 +66,22 @@ def worker(args) -> None:
     epochs = [r["epoch_seconds"] for r in model.history_]
     rmse = model.evaluate(test)["rmse"]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    allreduce_ms = None
+    if distributed:  # one all-reduce of the parameter vector, the unit of the communication model
+        buf = np.ones(model.layout_.size, dtype=np.float32)
+        times = []
+        for _ in range(5):
+            comm.barrier()
+            t2 = time.perf_counter()
+            comm.allreduce_(buf)
+            times.append(time.perf_counter() - t2)
+        allreduce_ms = 1e3 * statistics.median(times)
     if rank == 0:
         out = {"optimizer": args.optimizer, "processes": args.procs, "epoch_seconds": epochs,
                "median_epoch_s": statistics.median(epochs[1:] if len(epochs) > 2 else epochs), "fit_s": fit,
                "data_s": gen, "test_rmse": rmse, "peak_rss_gib": peak, "nnz": args.nnz, "rank": args.rank,
-               "users": args.users, "items": args.items}
+               "users": args.users, "items": args.items,
+               "allreduce_ms": allreduce_ms, "y_floats": model.layout_.size}
         Path(args.result).write_text(json.dumps(out))
 
 
@@ -135,6 +146,11 @@ def main() -> None:
                      f"{one['median_epoch_s'] / two['median_epoch_s']:.2f} | {one['test_rmse']:.4f} | "
                      f"{two['test_rmse']:.4f} | {two['test_rmse'] - one['test_rmse']:+.4f} | "
                      f"{one['peak_rss_gib']:.2f}, {two['peak_rss_gib']:.2f} |")
+    if rows:
+        two = rows[0][2]
+        mb = 4 * two["y_floats"] / 2**20
+        lines += ["", f"One all-reduce of the parameter vector ({two['y_floats']:,} floats, {mb:.0f} MiB) between the two "
+                  f"processes: {two['allreduce_ms']:.1f} ms (median of 5)."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -11,10 +11,16 @@ runs ``lfopt.synthetic(n_users, n_items, nnz)``, then builds ``data.csr`` and
 * ``peak RSS``: the process's peak resident memory (``ru_maxrss``), and the
   part of it above the process's RSS before generation (``above base``).
 
+With ``--train OPT ...`` it instead trains each optimizer (a fresh process each) on
+the largest ``--nnz`` at ``--rank`` for ``--epochs`` epochs and reports seconds per
+epoch, the training RMSE and the process's peak RSS.
+
 Usage::
 
     python benchmarks/bench_scale.py --nnz 5000000 20000000 --users 500000 --items 50000 \
         --out benchmarks/results/scale.md
+    python benchmarks/bench_scale.py --nnz 100000000 --train sgd als adam slf --rank 64 --epochs 3 \
+        --out benchmarks/results/scale.md --label "training 100M ratings at rank 64"
 """
 
 from __future__ import annotations
@@ -65,6 +71,40 @@ def measure_one(nnz: int, users: int, items: int, seed: int) -> dict:
     }
 
 
+def train_one(nnz: int, users: int, items: int, seed: int, optimizer: str, rank: int, epochs: int) -> dict:
+    """Train ``optimizer`` on the synthetic set for ``epochs`` epochs (no validation, no refit);
+    seconds per epoch (numba warmed up on a tiny set first) and the process's peak RSS."""
+    import lfopt
+
+    opts = {"adam": {"batch_size": "auto"}}.get(optimizer, {})
+    tiny = lfopt.synthetic(n_users=60, n_items=50, nnz=1500, seed=0)
+    lfopt.LatentFactorModel(rank=4, optimizer=optimizer, epochs=2, validation=None, refit=False, **opts).fit(tiny)
+    t0 = time.perf_counter()
+    data = lfopt.synthetic(n_users=users, n_items=items, nnz=nnz, seed=seed)
+    gen = time.perf_counter() - t0
+    model = lfopt.LatentFactorModel(rank=rank, optimizer=optimizer, epochs=epochs, validation=None, refit=False,
+                                    patience=None, **opts)
+    t1 = time.perf_counter()
+    model.fit(data)
+    fit = time.perf_counter() - t1
+    hist = model.history_
+    return {"nnz": nnz, "users": users, "items": items, "optimizer": optimizer, "rank": rank, "gen_s": gen,
+            "fit_s": fit, "epoch_seconds": [r["epoch_seconds"] for r in hist],
+            "train_rmse": [r.get("train_rmse") for r in hist], "stopped": model.train_result_.stopped,
+            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "load": os.getloadavg()[0]}
+
+
+def train_table(rows: list[dict]) -> str:
+    lines = ["| optimizer | nnz | rank | s/epoch (each epoch) | train RMSE after | peak RSS | load at end |",
+             "|---|---:|---:|---|---:|---:|---:|"]
+    for r in rows:
+        secs = ", ".join(f"{x:.1f}" for x in r["epoch_seconds"])
+        lines.append(f"| {r['optimizer']} | {r['nnz']:,} | {r['rank']} | {secs} | {r['train_rmse'][-1]:.4f} | "
+                     f"{_gib(r['peak_rss'])} | {r['load']:.1f} |")
+    return "\n".join(lines)
+
+
 def _gib(b: float) -> str:
     return f"{b / 2**30:.2f} GiB"
 
@@ -92,15 +132,27 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the table (markdown) to this file")
     p.add_argument("--label", default="", help="a heading for the table in --out")
+    p.add_argument("--train", nargs="+", metavar="OPTIMIZER", default=None,
+                   help="instead: train these optimizers on the largest --nnz (one fresh process each) and report "
+                   "seconds per epoch and peak RSS")
+    p.add_argument("--rank", type=int, default=64, help="with --train: the model rank (default 64)")
+    p.add_argument("--epochs", type=int, default=3, help="with --train: epochs (default 3)")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child: one size, JSON out
+    p.add_argument("--optimizer", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(measure_one(args.nnz[0], args.users, args.items, args.seed)))
+        if args.optimizer:
+            print(json.dumps(train_one(args.nnz[0], args.users, args.items, args.seed, args.optimizer, args.rank,
+                                       args.epochs)))
+        else:
+            print(json.dumps(measure_one(args.nnz[0], args.users, args.items, args.seed)))
         return 0
     rows = []
-    for nnz in args.nnz:
+    jobs = [(max(args.nnz), opt) for opt in args.train] if args.train else [(nnz, None) for nnz in args.nnz]
+    for nnz, opt in jobs:
         cmd = [sys.executable, __file__, "--one", "--nnz", str(nnz), "--users", str(args.users),
-               "--items", str(args.items), "--seed", str(args.seed)]
+               "--items", str(args.items), "--seed", str(args.seed), "--rank", str(args.rank),
+               "--epochs", str(args.epochs)] + (["--optimizer", opt] if opt else [])
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             print(f"nnz={nnz}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
@@ -108,8 +160,8 @@ def main(argv=None) -> int:
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "parts"}), flush=True)
-    text = table(rows)
-    if rows:
+    text = train_table(rows) if args.train else table(rows)
+    if rows and not args.train:
         text += "\n\nbytes per rating by array (last size): " + ", ".join(
             f"{k} {v / rows[-1]['nnz']:.2f}" for k, v in rows[-1]["parts"].items())
     print(text)
