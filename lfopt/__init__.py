@@ -44,8 +44,9 @@ __all__ = [
 ]
 
 from .estimators.ials import ImplicitALS, PopularityRanker  # noqa: E402
+from .estimators.deep import DeepMF  # noqa: E402
 
-__all__ += ["ImplicitALS", "PopularityRanker"]
+__all__ += ["ImplicitALS", "PopularityRanker", "DeepMF"]
 
 from .data.split import align_test, train_test_files  # noqa: E402
 

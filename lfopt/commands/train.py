@@ -111,6 +111,14 @@ def add_parser(sub):
     add_output_options(p)
     p.add_argument("--save", metavar="MODEL.npz",
                    help="save the trained model (with the data's description and split, for 'lfopt evaluate')")
+    g = p.add_argument_group("deep factorization (lfopt.DeepMF: r = mu + b_u + b_i + p_u W_1..W_L q_i)")
+    g.add_argument("--depth", type=int, default=None, metavar="L",
+                   help="train DeepMF with L square layers between the factors (0 is the LF model; default: the "
+                   "LF model itself); optimizers adam (DeepMF's default), sgd, adago, slf, sslf")
+    g.add_argument("--flatness", type=float, default=None, metavar="BETA",
+                   help="with --depth: the flatness penalty BETA tr(J^T J) (trace of the Gauss-Newton matrix)")
+    g.add_argument("--lambda-w", dest="lam_w", type=float, default=None,
+                   help="with --depth: per-entry decay of the layers toward the identity (default 0.05)")
     p.add_argument("--distributed", action="store_true",
                    help="train on the processes torchrun starts (torch.distributed: gloo on CPUs, NCCL on GPUs): "
                    "torchrun --nproc-per-node N -m lfopt train ... --distributed; every process reads the data, "
@@ -149,6 +157,22 @@ MODEL_DESTS = ("lam", "lam0", "lam_b", "lam0_b", "granularity", "preset", "time_
 def build_model(args, rank: int) -> LatentFactorModel:
     """The model the options describe; options left out take the model's defaults."""
     given = {k: getattr(args, k) for k in MODEL_DESTS if getattr(args, k, None) is not None}
+    deep = {k: getattr(args, k, None) for k in ("flatness", "lam_w")}
+    if getattr(args, "depth", None) is not None:
+        from ..estimators.deep import DeepMF
+
+        for flag, value in (("--distributed", getattr(args, "distributed", False)), ("--preset", args.preset),
+                            ("--lambda learn", given.get("lam") == "learn")):
+            if value:
+                raise ConfigError(f"{flag} is not available with --depth (DeepMF)")
+        if args.backend != "numba":
+            raise ConfigError("--depth (DeepMF) runs on the numba backend only: drop --backend")
+        return DeepMF(rank=rank, depth=args.depth, **given, **{k: v for k, v in deep.items() if v is not None},
+                      use_bias=not args.no_bias, seed=args.seed, validation=args.valid_fraction or None,
+                      verbose=not args.quiet, **optimizer_options(args))
+    for flag, value in (("--flatness", deep["flatness"]), ("--lambda-w", deep["lam_w"])):
+        if value is not None:
+            raise ConfigError(f"{flag} applies to the deep factorization: give --depth L too")
     return LatentFactorModel(rank=rank, **given, use_bias=not args.no_bias, seed=args.seed,
                              validation=args.valid_fraction or None, verbose=not args.quiet,
                              backend=args.backend, device=args.device,
@@ -273,7 +297,9 @@ def run(args) -> int:
         "options": record_options(args, {
             "rank": model_rank, "optimizer": model.optimizer_.name if model.preset is None else "gibbs",
             **{k: getattr(model, k) for k in MODEL_DESTS if k != "optimizer"},
-            "test_fraction": info.get("test_fraction"), **synthetic_sizes}),
+            "test_fraction": info.get("test_fraction"), **synthetic_sizes,
+            **({"depth": model.depth, "flatness": model.flatness, "lam_w": model.lam_w}
+               if getattr(args, "depth", None) is not None else {})}),
         "optimizer_options": {k: v for k, v in (model.optimizer_.options() if hasattr(model.optimizer_, "options")
                                                 else {}).items() if k != "seed"},  # the seed is an option
         "history": res.history,
@@ -289,6 +315,8 @@ def run(args) -> int:
         head = f"optimizer gibbs (preset accurate, {model.n_samples_} samples averaged), rank {model_rank}: "
     else:
         head = f"optimizer {model.optimizer}, rank {model_rank}, lambda {model.lam} (+ {model.lam0} per row): "
+        if getattr(args, "depth", None) is not None:
+            head = f"DeepMF depth {model.depth} (flatness {model.flatness:g}), " + head
     unseen_text = ""
     if n_unseen:
         unseen_text = (f" ({n_dropped} with a user or item unseen in training left out)" if args.unseen == "drop"

@@ -11,3 +11,7 @@ __all__ = ["Recommender", "LatentFactorModel", "BPRMF", "BiasBaseline", "load", 
 from .ials import ImplicitALS, PopularityRanker  # noqa: E402
 
 __all__ += ["ImplicitALS", "PopularityRanker"]
+
+from .deep import DeepMF  # noqa: E402  (registers the "deep_mf" model files)
+
+__all__ += ["DeepMF"]
