@@ -46,7 +46,9 @@ class TestBuilders:
 
     def test_from_arrays_keeps_timestamps_aligned(self):
         d = Interactions.from_arrays([5, 1, 3], [2, 2, 9], [1.0, 2.0, 3.0], timestamps=[500, 100, 300])
-        assert d.timestamps.dtype == np.int64
+        assert d.timestamps.dtype == np.int32  # compact when they fit
+        big = Interactions.from_arrays([1, 2], [1, 1], [1.0, 2.0], timestamps=[0, 2**40])
+        assert big.timestamps.dtype == np.int64 and big.timestamps.tolist() == [0, 2**40]
         by_user = dict(zip(d.user_ids[d.users].tolist(), d.timestamps.tolist()))
         assert by_user == {5: 500, 1: 100, 3: 300}
 

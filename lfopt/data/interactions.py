@@ -174,7 +174,7 @@ class Interactions:
         self.item_ids = np.arange(self.n_items) if item_ids is None else np.asarray(item_ids)
         if len(self.user_ids) != self.n_users or len(self.item_ids) != self.n_items:
             raise DataError("user_ids / item_ids must have one entry per user / item index")
-        self.timestamps = None if timestamps is None else np.ascontiguousarray(timestamps, dtype=np.int64)
+        self.timestamps = None if timestamps is None else _compact_times(timestamps)
         if self.timestamps is not None and len(self.timestamps) != self.nnz:
             raise DataError("timestamps must have one entry per interaction")
         self.name = name
@@ -416,6 +416,18 @@ def check_rating_values(values: np.ndarray, locate: Callable[[int], str], what: 
         bad = int(np.argmax(tiny))
         raise DataError(f"{locate(bad)}: {what} {show(values[bad])} is too small for float32 (non-zero values "
                         f"must be at least {MIN_ABS_RATING:.3g} in magnitude; it would become 0)")
+
+
+def _compact_times(timestamps) -> np.ndarray:
+    """Timestamps as int32 when they all fit (Unix seconds up to 2038: 4 bytes per rating
+    less), else int64."""
+    ts = np.asarray(timestamps)
+    if ts.dtype == np.int32:
+        return np.ascontiguousarray(ts)
+    ts = np.ascontiguousarray(ts, dtype=np.int64)
+    if len(ts) and ts.min() >= -(2**31) and ts.max() < 2**31:
+        return ts.astype(np.int32)
+    return ts
 
 
 def _checked_timestamps(timestamps, n: int, locate: Callable[[int], str]) -> np.ndarray:

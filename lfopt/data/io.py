@@ -22,6 +22,13 @@ Supported formats (``format=`` names, auto-detected from the file name when omit
 Text files are parsed by pandas' C engine (never the slow python engine), so
 MovieLens 1M loads in well under a second.  Every problem is reported as a
 :class:`~lfopt.errors.DataError` naming the file, line, column and value.
+Text files larger than :data:`CHUNK_BYTES` (8 MiB) are read, parsed and
+checked in pieces of that size and indexed as they come (``load(chunk_bytes=)``):
+memory stays near the final arrays (20 bytes per rating with times, 12
+without) instead of several times the text, with the same result, ID maps,
+warnings and errors as reading them whole (see :func:`_load_text_chunked`);
+100M lines of an ML-25M-like ``ratings.csv`` load on a 24 GB box
+(``benchmarks/bench_load.py``, ``benchmarks/results/load.md``).
 
 Checks made at load time (each one a clear message, nothing silently changed):
 
@@ -54,13 +61,16 @@ import io
 import os
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from numba import njit
 
-from ..errors import DataError
-from .interactions import MAX_INT_ID, Interactions, check_rating_values, show
+from ..errors import ConfigError, DataError
+from .interactions import (DUPLICATE_POLICIES, MAX_INT_ID, Interactions, _as_id_array, _checked_timestamps,
+                           _sort_by_major_minor, check_rating_values, show)
 
 FORMATS = ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "mat", "monti", "tsv", "csv", "parquet")
 FIELD_NAMES = ("user", "item", "rating", "timestamp")
@@ -69,6 +79,10 @@ FIELD_NAMES = ("user", "item", "rating", "timestamp")
 #: whose largest value is at least TS_MIN_LATEST.
 TS_MIN_LATEST = 1e8
 TS_MAX = 4.2e12
+
+#: Text files larger than this many bytes are read in pieces of this size (``load(chunk_bytes=)``):
+#: a piece costs a few times its size in scratch (bytes, pandas' table, checks).
+CHUNK_BYTES = 8 << 20
 
 #: A variable of a ``.mat`` file is a table of rows (not a rating matrix) when it has
 #: at most this many columns and more rows than columns.
@@ -119,7 +133,7 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def load(path, format: str | None = None, *, columns=None, duplicates: str = "error", implicit: bool = False,
-         variable: str | None = None):
+         variable: str | None = None, chunk_bytes: int | None = None):
     """Load a ratings file into an :class:`Interactions`.
 
     Parameters
@@ -135,6 +149,16 @@ def load(path, format: str | None = None, *, columns=None, duplicates: str = "er
     implicit : ignore the rating column and give every entry the value 1.
     variable : ``.mat`` files: the variable holding the ratings (default: the only
         numeric one, or Monti's ``M``/``Otraining``/``Otest``).
+    chunk_bytes : text files larger than this are read, parsed and checked in
+        pieces of about this many bytes (cut at line ends), so that memory stays
+        near the final arrays (see :func:`_load_text_chunked`); default
+        :data:`CHUNK_BYTES`; 0 reads every file whole.  The result, its ID maps,
+        warnings and errors are the same either way (a file with several
+        problems may have another one reported first: the chunked reader reports
+        the first it meets by line; a column mixing integers and decimals may
+        show a bad value as written, ``20000000000000000``, where the whole-file
+        reader shows ``2e+16``).  Files whose IDs are text (``"u7"``, ``"007"``)
+        are read whole.
 
     For Monti files the returned data carries its fixed split in
     ``data.meta["test_mask"]`` (see :func:`lfopt.data.split.fixed_split`).
@@ -157,6 +181,16 @@ def load(path, format: str | None = None, *, columns=None, duplicates: str = "er
                         monti_only=fmt == "monti")
     if variable is not None:
         raise DataError(f"{path}: variable= names a variable of a .mat file; this is a {fmt} file")
+    if chunk_bytes is None:
+        chunk_bytes = CHUNK_BYTES
+    elif isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, (int, np.integer)) or chunk_bytes < 0:
+        raise ConfigError(f"chunk_bytes must be a whole number of bytes >= 0 (0: read the file whole), "
+                          f"got {chunk_bytes!r}")
+    if fmt in _TEXT_FORMATS and chunk_bytes and _file_size(path) > chunk_bytes:
+        try:
+            return _load_text_chunked(path, fmt, columns, duplicates, implicit, int(chunk_bytes))
+        except _ReadWhole:
+            pass  # something only the whole-file reading decides exactly (see _load_text_chunked)
     if fmt == "parquet":
         table = _read_parquet(path)
         return _from_table(table, path, columns or _guess_columns(table.columns, path), duplicates, implicit, None)
@@ -444,13 +478,16 @@ def _read_bytes(path: Path) -> bytes:
 _TOKENIZE = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 
 
-def _not_utf8(path: Path, raw: bytes) -> DataError | None:
-    """A DataError naming the line and byte of the first bytes that are not UTF-8, or None."""
+def _not_utf8(path: Path, raw: bytes, line_offset: int = 0) -> DataError | None:
+    """A DataError naming the line and byte of the first bytes that are not UTF-8, or None.
+
+    ``line_offset``: lines of the file before ``raw`` (a chunk of it).
+    """
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         start = exc.start
-        line = raw.count(b"\n", 0, start) + 1
+        line = raw.count(b"\n", 0, start) + 1 + line_offset
         col = start - (raw.rfind(b"\n", 0, start) + 1) + 1
         snippet = raw[start:start + 4]
         return DataError(f"{path}, line {line}, byte {col}: not UTF-8 text ({snippet!r}...); lfopt reads UTF-8 "
@@ -458,11 +495,16 @@ def _not_utf8(path: Path, raw: bytes) -> DataError | None:
     return None
 
 
-def _read_delimited(path: Path, raw: bytes, sep: str, header: bool, original: bytes | None = None) -> pd.DataFrame:
-    if not raw.strip():
-        raise DataError(f"{path}: the file is empty")
+def _parse_text(path: Path, raw: bytes, sep: str, header: bool, original: bytes | None = None,
+                line_offset: int = 0) -> pd.DataFrame:
+    """``raw`` parsed by pandas' C engine, its errors as DataErrors naming the line of the file.
+
+    ``original``: the bytes as in the file when ``raw`` was rewritten (``::`` to tab);
+    ``line_offset``: lines of the file that lie before line 1 of ``raw`` (negative
+    when ``raw`` starts with lines copied from the file's head: see :func:`_load_text_chunked`).
+    """
     try:
-        table = pd.read_csv(
+        return pd.read_csv(
             io.BytesIO(raw),
             sep=sep,
             header=0 if header else None,
@@ -474,13 +516,20 @@ def _read_delimited(path: Path, raw: bytes, sep: str, header: bool, original: by
         m = _TOKENIZE.search(str(exc))
         if m:
             expected, line, saw = m.groups()
-            raise DataError(f"{path}, line {line}: expected {expected} fields, found {saw}") from None
+            raise DataError(f"{path}, line {int(line) + line_offset}: expected {expected} fields, "
+                            f"found {saw}") from None
         raise DataError(f"{path}: cannot parse: {exc}") from None
     except UnicodeDecodeError as exc:
-        err = _not_utf8(path, original if original is not None else raw)
+        err = _not_utf8(path, original if original is not None else raw, line_offset)
         raise (err or DataError(f"{path}: cannot parse: {exc}")) from None
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path}: cannot parse: {exc}") from None
+
+
+def _read_delimited(path: Path, raw: bytes, sep: str, header: bool, original: bytes | None = None) -> pd.DataFrame:
+    if not raw.strip():
+        raise DataError(f"{path}: the file is empty")
+    table = _parse_text(path, raw, sep, header, original)
     if len(table) == 0:
         raise DataError(f"{path}: the file has a header but no data")
     # Blank lines show up as all-NaN rows; trailing ones are harmless.
@@ -572,18 +621,28 @@ def _positional(table: pd.DataFrame, columns, path, check_time: bool = False, la
     if ncol == 4 and check_time:
         problem = _timestamp_problem(table.iloc[:, 3], lambda k: f"{row_word} {k + 1}")
         if problem:
-            raise DataError(
-                f"{label or path}: the 4th column is not a plausible timestamp ({problem}); a timestamp column holds whole "
-                f"numbers of seconds (or milliseconds) since 1970, up to the year 2103, the latest after 1973. "
-                f"If the file is laid out otherwise (e.g. user, item, category, rating), say which column is the "
-                f"rating with columns={{'user': 0, 'item': 1, 'rating': 3}} (CLI: --columns "
-                f"user=0,item=1,rating=3; 0-based positions; add timestamp=K if column K is a time)")
+            raise _not_a_timestamp(label or path, problem)
     return {name: k for k, name in enumerate(FIELD_NAMES[:ncol])}
 
 
-def _timestamp_problem(series: pd.Series, locate) -> str | None:
-    """Why ``series`` is not a plausible timestamp column (the rule in the module docstring), or None."""
+def _not_a_timestamp(label, problem: str) -> DataError:
+    return DataError(
+        f"{label}: the 4th column is not a plausible timestamp ({problem}); a timestamp column holds whole "
+        f"numbers of seconds (or milliseconds) since 1970, up to the year 2103, the latest after 1973. "
+        f"If the file is laid out otherwise (e.g. user, item, category, rating), say which column is the "
+        f"rating with columns={{'user': 0, 'item': 1, 'rating': 3}} (CLI: --columns "
+        f"user=0,item=1,rating=3; 0-based positions; add timestamp=K if column K is a time)")
+
+
+def _timestamp_problem(series: pd.Series, locate, latest: bool = True) -> str | None:
+    """Why ``series`` is not a plausible timestamp column (the rule in the module docstring), or None.
+
+    ``latest=False`` leaves out the rule on the largest value (a chunk of a file
+    is judged on it at the end, over the whole column).
+    """
     values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    if values.size == 0:
+        return None  # no data lines (e.g. only "NA NA NA NA"): reported as empty data later
     bad = np.isnan(values)
     if bad.any():
         k = int(np.argmax(bad))
@@ -592,7 +651,7 @@ def _timestamp_problem(series: pd.Series, locate) -> str | None:
     if bad.any():
         k = int(np.argmax(bad))
         return f"{locate(k)}: {show(series.iloc[k])} is not a whole number in [0, {TS_MAX:g}]"
-    if values.max() < TS_MIN_LATEST:
+    if latest and values.max() < TS_MIN_LATEST:
         k = int(np.argmax(values))
         return f"its largest value, {show(series.iloc[k])} at {locate(k)}, is before 1973"
     return None
@@ -630,19 +689,39 @@ def _from_table(
     integer_ids: bool = False,
     locate=None,
 ):
-    unknown = set(columns) - set(FIELD_NAMES)
-    if unknown:
-        raise DataError(f"unknown keys in columns: {sorted(unknown)}; use {FIELD_NAMES} (and 'variable' for "
-                        f".mat files)")
-    if "user" not in columns or "item" not in columns:
-        raise DataError("columns must name at least 'user' and 'item'")
-
     if locate is None:
         def locate(k: int) -> str:
             if header_lines is None:
                 return f"{path}, row {k}"
             return f"{path}, line {k + 1 + header_lines}"
 
+    arrays = _table_arrays(table, path, columns, locate, integer_ids)
+    values = None if implicit or "rating" not in arrays else arrays["rating"]
+    if values is not None:
+        _report_zero_ratings(path, values, locate)
+    return Interactions.from_arrays(
+        arrays["user"],
+        arrays["item"],
+        values,
+        timestamps=arrays.get("timestamp"),
+        duplicates=duplicates,
+        name=_data_name(path),
+        locate=locate,
+    )
+
+
+def _data_name(path: Path) -> str:
+    return path.stem if path.stem not in ("ratings", "u") else path.parent.name
+
+
+def _table_arrays(table: pd.DataFrame, path: Path, columns: dict, locate, integer_ids: bool) -> dict:
+    """The checked columns of ``table`` named by ``columns`` (``{field: array}``); row k is ``locate(k)``."""
+    unknown = set(columns) - set(FIELD_NAMES)
+    if unknown:
+        raise DataError(f"unknown keys in columns: {sorted(unknown)}; use {FIELD_NAMES} (and 'variable' for "
+                        f".mat files)")
+    if "user" not in columns or "item" not in columns:
+        raise DataError("columns must name at least 'user' and 'item'")
     arrays = {}
     for field, col in columns.items():
         if col is None:
@@ -656,18 +735,7 @@ def _from_table(
         else:
             raise DataError(f"{path}: column {col!r} not found; the columns are {list(table.columns)}")
         arrays[field] = _checked_column(series, field, locate, table, integer_ids)
-    values = None if implicit or "rating" not in arrays else arrays["rating"]
-    if values is not None:
-        _report_zero_ratings(path, values, locate)
-    return Interactions.from_arrays(
-        arrays["user"],
-        arrays["item"],
-        values,
-        timestamps=arrays.get("timestamp"),
-        duplicates=duplicates,
-        name=path.stem if path.stem not in ("ratings", "u") else path.parent.name,
-        locate=locate,
-    )
+    return arrays
 
 
 def _report_zero_ratings(path, values: np.ndarray, locate) -> int:
@@ -731,3 +799,495 @@ def _checked_column(series: pd.Series, field: str, locate, table, integer_ids: b
     if field == "rating":
         check_rating_values(arr, lambda k: f"{locate(k)}, {where}", "rating")
     return arr
+
+
+# ================================================= large text files, in chunks
+class _ReadWhole(Exception):
+    """The chunked reader met something that only the whole-file reader decides exactly."""
+
+
+@dataclass(frozen=True)
+class _TextFormat:
+    sep: str
+    header: bool
+    integer_ids: bool  # IDs must be non-negative integers (MovieLens)
+    check_time: bool = False  # a 4th column (columns= not given) must be a plausible timestamp
+    text_ids: bool = False  # IDs that are not plain integers ("007", "u7") stay strings
+    colons: bool = False  # fields separated by "::" (MovieLens 1M/10M)
+
+
+_TEXT_FORMATS = {
+    "ml-1m": _TextFormat("\t", False, True, colons=True),
+    "ml-10m": _TextFormat("\t", False, True, colons=True),
+    "ml-20m": _TextFormat(",", True, True),
+    "ml-25m": _TextFormat(",", True, True),
+    "ml-100k": _TextFormat(r"\s+", False, True),
+    "tsv": _TextFormat(r"\s+", False, False, check_time=True, text_ids=True),
+    "csv": _TextFormat(",", True, False, text_ids=True),
+}
+_ML_CSV_COLUMNS = {"user": "userId", "item": "movieId", "rating": "rating", "timestamp": "timestamp"}
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _line_chunks(path: Path, chunk_bytes: int, first_lines: int):
+    """``(parts, lines_before)``: the file in pieces of about ``chunk_bytes`` bytes, each ending at a newline (the
+    last one where the file ends), a piece being ``b"".join(parts)``, so that it is copied once; the first piece
+    holds at least ``first_lines`` whole lines (or the whole file)."""
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    with fh:
+        rest, lines_before, first = b"", 0, True
+        while True:
+            try:
+                block = fh.read(chunk_bytes)
+            except OSError as exc:
+                raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+            if not block:
+                if rest:
+                    yield [rest], lines_before
+                return
+            cut = block.rfind(b"\n") + 1
+            if cut == 0 or (first and rest.count(b"\n") + block.count(b"\n") < first_lines):
+                rest += block  # a line longer than a piece, or the first lines not complete yet
+                continue
+            view = memoryview(block)
+            yield ([rest, view[:cut]] if rest else [view[:cut]]), lines_before
+            lines_before += rest.count(b"\n") + block.count(b"\n", 0, cut)
+            rest, first = bytes(view[cut:]), False
+            del view, block
+
+
+class _GrowingArray:
+    """A 1-D array appended to in place (``ndarray.resize``: realloc, no second copy held)."""
+
+    def __init__(self, dtype, capacity: int):
+        self.array = np.empty(max(int(capacity), 16), dtype=dtype)
+        self.size = 0
+
+    def tail(self, k: int) -> np.ndarray:
+        """A view of the next ``k`` slots (valid until the next call); :meth:`commit` them once written."""
+        need = self.size + k
+        if need > self.array.shape[0]:
+            self.array.resize(max(need, self.array.shape[0] + self.array.shape[0] // 4), refcheck=False)
+        return self.array[self.size:need]
+
+    def commit(self, k: int) -> None:
+        self.size += k
+
+    def extend(self, values: np.ndarray) -> None:
+        self.tail(len(values))[:] = values
+        self.commit(len(values))
+
+    def finish(self) -> np.ndarray:
+        self.array.resize(self.size, refcheck=False)
+        return self.array
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@njit(cache=True, nogil=True)
+def _map_ids(ids, keys, slots, uniq, n_uniq, shift, out, start):
+    """``out[k]`` = the index of ``ids[k]`` in order of first appearance, for ``k >= start``.
+
+    An open-addressing hash table (``keys``/``slots``, power-of-two size, linear
+    probing; ``slots`` -1 = empty) holds the IDs seen so far, ``uniq`` them in
+    order of appearance.  Stops before the table becomes more than half full;
+    returns ``(n_uniq, next k)``.
+    """
+    mask = keys.shape[0] - 1
+    limit = keys.shape[0] >> 1
+    for k in range(start, ids.shape[0]):
+        x = ids[k]
+        h = np.int64((x * _GOLDEN) >> shift)
+        while True:
+            s = slots[h]
+            if s < 0:
+                if n_uniq >= limit:
+                    return n_uniq, k
+                slots[h] = n_uniq
+                keys[h] = x
+                uniq[n_uniq] = x
+                out[k] = n_uniq
+                n_uniq += 1
+                break
+            if keys[h] == x:
+                out[k] = s
+                break
+            h = (h + 1) & mask
+    return n_uniq, ids.shape[0]
+
+
+@njit(cache=True, nogil=True)
+def _remap(index, rank):
+    """``index[k] = rank[index[k]]`` in place."""
+    for k in range(index.shape[0]):
+        index[k] = rank[index[k]]
+
+
+class _IdMap:
+    """Integer IDs (int64 or uint64) to indices, built chunk by chunk; memory O(distinct IDs)."""
+
+    def __init__(self, bits: int = 12):
+        self._alloc(bits)
+        self.uniq = np.empty(1 << (bits - 1), dtype=np.uint64)
+        self.n = 0
+
+    def _alloc(self, bits: int) -> None:
+        self.bits = bits
+        self.keys = np.zeros(1 << bits, dtype=np.uint64)
+        self.slots = np.full(1 << bits, -1, dtype=np.int32)
+
+    def _grow(self) -> None:
+        self._alloc(self.bits + 1)
+        uniq = np.empty(1 << self.bits, dtype=np.uint64)
+        uniq[:self.n] = self.uniq[:self.n]
+        self.uniq = uniq
+        n, _ = _map_ids(uniq[:self.n].copy(), self.keys, self.slots, self.uniq, 0, np.uint64(64 - self.bits),
+                        np.empty(self.n, dtype=np.int32), 0)
+        assert n == self.n
+
+    def map(self, ids: np.ndarray, out: np.ndarray) -> None:
+        """``out`` = first-appearance indices of ``ids`` (int64 >= 0 or uint64)."""
+        ids = np.ascontiguousarray(ids).view(np.uint64)
+        start = 0
+        while start < ids.shape[0]:
+            if self.n + 1 >= (1 << 31):
+                raise DataError("more than 2**31 - 1 distinct user or item IDs")
+            self.n, start = _map_ids(ids, self.keys, self.slots, self.uniq, self.n, np.uint64(64 - self.bits),
+                                     out, start)
+            if start < ids.shape[0]:
+                self._grow()
+
+    def sorted_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, rank)``: the distinct IDs sorted (as ``np.unique`` gives them) and each one's new index."""
+        seen = self.uniq[:self.n]
+        order = np.argsort(seen, kind="stable")
+        rank = np.empty(self.n, dtype=np.int32)
+        rank[order] = np.arange(self.n, dtype=np.int32)
+        ids = seen[order]
+        if not (self.n and ids[-1] > np.uint64(np.iinfo(np.int64).max)):
+            ids = ids.view(np.int64)  # IDs beyond int64 keep uint64, as in Interactions.from_arrays
+        self.keys = self.slots = self.uniq = None
+        return ids, rank
+
+
+@njit(cache=True, nogil=True)
+def _pairs_increasing(major, minor):
+    """Whether the (major, minor) pairs strictly increase: sorted, and no pair repeated."""
+    for k in range(1, major.shape[0]):
+        if major[k] < major[k - 1] or (major[k] == major[k - 1] and minor[k] <= minor[k - 1]):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _scan_duplicates(order, major, minor):
+    """``(n_groups, k, first)`` over entries sorted stably by (major, minor) by ``order``: the number of distinct
+    pairs, and the repeated entry ``k`` earliest in the input with the first entry of its pair (-1, -1: none)."""
+    n = order.shape[0]
+    if n == 0:
+        return 0, -1, -1
+    groups, best, best_first, start = 1, -1, -1, 0
+    for t in range(1, n):
+        a = order[t]
+        b = order[t - 1]
+        if major[a] == major[b] and minor[a] == minor[b]:
+            if best < 0 or a < best:
+                best = a
+                best_first = order[start]
+        else:
+            groups += 1
+            start = t
+    return groups, best, best_first
+
+
+@njit(cache=True, nogil=True)
+def _pairwise_sum(a, n):
+    """numpy's pairwise summation of ``a[:n]`` (float64), as ``np.add.reduce`` computes it."""
+    if n < 8:
+        res = -0.0
+        for i in range(n):
+            res += a[i]
+        return res
+    if n <= 128:
+        r = a[:8].copy()
+        i = 8
+        while i < n - (n % 8):
+            for j in range(8):
+                r[j] += a[i + j]
+            i += 8
+        res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+        while i < n:
+            res += a[i]
+            i += 1
+        return res
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pairwise_sum(a, n2) + _pairwise_sum(a[n2:], n - n2)
+
+
+@njit(cache=True, nogil=True)
+def _combine_duplicates(order, users, items, values, times, has_times, mean, n_groups):
+    """Repeated (user, item) pairs combined as ``Interactions.from_arrays`` does: ``mean`` averages the values
+    (float64 sums as numpy's) and keeps the latest time, else the last entry in input order is kept; entries
+    come out sorted by (user, item)."""
+    n = order.shape[0]
+    out_u = np.empty(n_groups, dtype=np.int32)
+    out_i = np.empty(n_groups, dtype=np.int32)
+    out_v = np.empty(n_groups, dtype=np.float32)
+    out_t = np.empty(n_groups if has_times else 0, dtype=np.int64)
+    scratch = np.empty(16, dtype=np.float64)
+    g, s = 0, 0
+    while s < n:
+        first = order[s]
+        e = s + 1
+        while e < n and users[order[e]] == users[first] and items[order[e]] == items[first]:
+            e += 1
+        if mean:
+            m = e - s - 1
+            if m > scratch.shape[0]:
+                scratch = np.empty(2 * m, dtype=np.float64)
+            latest = times[first] if has_times else 0
+            for t in range(s + 1, e):
+                scratch[t - s - 1] = np.float64(values[order[t]])
+                if has_times and times[order[t]] > latest:
+                    latest = times[order[t]]
+            total = np.float64(values[first]) + _pairwise_sum(scratch, m)
+            out_v[g] = np.float32(total / (e - s))
+            keep = first
+            if has_times:
+                out_t[g] = latest
+        else:
+            keep = order[e - 1]
+            out_v[g] = values[keep]
+            if has_times:
+                out_t[g] = times[keep]
+        out_u[g] = users[keep]
+        out_i[g] = items[keep]
+        g += 1
+        s = e
+    return out_u, out_i, out_v, out_t
+
+
+class _ColumnWatch:
+    """What the whole-file reader would see of an integer column that some chunks parse as floats: a column
+    holding floats is read as float64 by pandas there, and integers beyond 2**53 would not keep their value."""
+
+    def __init__(self):
+        self.saw_float = False
+        self.largest = 0
+
+    def see(self, arr: np.ndarray) -> None:
+        if arr.dtype.kind == "f":
+            self.saw_float = True
+        elif arr.dtype.kind in "iu" and len(arr):
+            self.largest = max(self.largest, int(arr.max()), -int(arr.min()))
+        if self.saw_float and self.largest > 2**53:
+            raise _ReadWhole
+
+
+def _load_text_chunked(path: Path, fmt: str, columns, duplicates: str, implicit: bool,
+                       chunk_bytes: int) -> Interactions:
+    """A delimited text file read, checked and indexed piece by piece (pieces of ``chunk_bytes``, cut at newlines).
+
+    Memory: the growing typed arrays (int32 user and item indices, float32
+    values, int64 timestamps when there are some), two hash tables of the
+    distinct IDs, and O(``chunk_bytes``) per piece; never the whole text, a table
+    of it, or a Python object per line.  Each piece is parsed by pandas' C engine
+    after the file's first line (and its header) so that it sees what the
+    whole-file parse sees (the field count and header of the file); every check
+    of the whole-file reader runs on each piece with the file's line numbers.
+    The column-wide rules are kept across pieces: trailing blank lines are
+    dropped but a blank line followed by data is refused; the latest 4th-column
+    time and the zero-rating count are judged at the end; IDs get the indices
+    of ``np.unique`` (sorted IDs), and repeated (user, item) pairs are found,
+    refused or combined as ``Interactions.from_arrays`` does.
+
+    Raises :class:`_ReadWhole` where only the whole file decides exactly: a
+    first line (or header) that is blank, IDs kept as text (``"u7"``, ``"007"``:
+    their column becomes strings for the whole file), and integer columns that
+    are floats in some lines and beyond 2**53 in others.
+    """
+    spec = _TEXT_FORMATS[fmt]
+    if duplicates not in DUPLICATE_POLICIES:
+        raise DataError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {duplicates!r}")
+    header_lines = int(spec.header)
+    n_head = header_lines + 1  # lines parsed before every later piece: the header and the first data line
+
+    def locate(k: int) -> str:
+        return f"{path}, line {k + 1 + header_lines}"
+
+    size = _file_size(path)
+    head = cols = time_col = has_times = None
+    users = items = values = times = None
+    user_map, item_map = _IdMap(), _IdMap()
+    watch = {"user": _ColumnWatch(), "item": _ColumnWatch(), "timestamp": _ColumnWatch()}
+    pending_blank = None  # the line of a blank line not yet followed by data
+    latest = None  # (value, row, as shown) of the largest 4th-column time
+    latest_float = False
+    n_zero, first_zero, zero_lo, zero_hi = 0, None, np.inf, -np.inf
+    n_rows = 0
+    for parts, lines_before in _line_chunks(path, chunk_bytes, n_head):
+        piece = b"".join(parts) if head is None else b"".join([head, *parts])
+        del parts
+        if head is None:  # the first piece: parsed as the whole file would start
+            lines, pos = [], 0
+            for _ in range(n_head):
+                end = piece.find(b"\n", pos)
+                lines.append(piece[pos:] if end < 0 else piece[pos:end])
+                if end < 0:
+                    break
+                pos = end + 1
+            if any(not line.strip() for line in lines):
+                raise _ReadWhole  # a blank start (or a header without data): the whole-file rules decide
+            head = b"".join(line + b"\n" for line in lines)
+            first_bytes = len(piece)
+            raw, offset, drop, row_base = piece, 0, 0, 0
+        else:  # a later piece, after the first lines: pandas sees the file's header and field count
+            raw, offset, drop, row_base = piece, lines_before - n_head, 1, lines_before - header_lines
+        del piece
+        text = raw.replace(b"::", b"\t") if spec.colons else raw
+        table = _parse_text(path, text, spec.sep, spec.header, raw, offset)
+        if cols is None:
+            if fmt in ("ml-20m", "ml-25m"):
+                cols = columns or _ML_CSV_COLUMNS
+            elif spec.header:
+                cols = columns if columns is not None else _guess_columns(table.columns, path)
+            else:
+                cols = _positional(table, columns, path)
+            time_col = columns is None and spec.check_time and table.shape[1] == 4
+            has_times = cols.get("timestamp") is not None
+        if spec.text_ids and _has_leading_zero_field(text):
+            kept = _keep_text_ids(table, text, cols, spec.sep, spec.header)
+            if any(kept[c].dtype != table[c].dtype for c in table.columns):
+                raise _ReadWhole  # an ID column holds "007": it stays text, in the whole file
+        del raw, text
+        if drop:
+            table = table.iloc[drop:]
+
+        # blank lines: trailing ones are dropped, one before data is refused
+        blank = table.isna().all(axis=1).to_numpy()
+        if blank.any() or pending_blank is not None:
+            data_rows = np.flatnonzero(~blank)
+            if data_rows.size:
+                if pending_blank is not None:
+                    raise DataError(f"{path}, line {pending_blank}: empty line")
+                end = int(data_rows[-1]) + 1
+                if blank[:end].any():
+                    raise DataError(f"{path}, line {row_base + int(np.argmax(blank[:end])) + 1 + header_lines}: "
+                                    f"empty line")
+            else:
+                end = 0
+            if end < len(table):
+                if pending_blank is None:
+                    pending_blank = row_base + end + 1 + header_lines
+                table = table.iloc[:end]
+        if len(table) == 0:
+            continue
+
+        def where(k: int, base=row_base) -> str:
+            return locate(base + k)
+
+        if time_col:
+            series = table.iloc[:, 3]
+            problem = _timestamp_problem(series, lambda k: f"line {row_base + k + 1}", latest=False)
+            if problem:
+                raise _not_a_timestamp(path, problem)
+            numbers = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            k = int(np.argmax(numbers))
+            latest_float |= series.dtype.kind == "f"
+            if latest is None or numbers[k] > latest[0]:
+                latest = (numbers[k], row_base + k, series.iloc[k])
+
+        arrays = _table_arrays(table, path, cols, where, spec.integer_ids)
+        del table
+        for field in ("user", "item", "timestamp"):
+            if field in arrays:
+                watch[field].see(arrays[field])
+        u = _as_id_array(arrays.pop("user"), "user", where)
+        i = _as_id_array(arrays.pop("item"), "item", where)
+        if u.dtype.kind not in "iu" or i.dtype.kind not in "iu":
+            raise _ReadWhole  # string IDs: the whole column is text
+        v = None if implicit else arrays.pop("rating", None)
+        t = arrays.pop("timestamp", None)
+        if t is not None:
+            t = _checked_timestamps(t, len(t), where)
+        if v is not None:
+            zero = v == 0
+            nz = int(zero.sum())
+            if nz:
+                if first_zero is None:
+                    first_zero = row_base + int(np.argmax(zero))
+                n_zero += nz
+            if nz < len(v):
+                rest = v[~zero] if nz else v
+                zero_lo, zero_hi = min(zero_lo, float(rest.min())), max(zero_hi, float(rest.max()))
+                del rest
+
+        n = len(u)
+        if users is None:
+            # a generous guess of the line count from the first piece (capacity never written costs no memory)
+            capacity = int(size / max(first_bytes, 1) * n * 1.25) + 1024
+            users = _GrowingArray(np.int32, capacity)
+            items = _GrowingArray(np.int32, capacity)
+            values = _GrowingArray(np.float32, capacity)
+            times = _GrowingArray(np.int64, capacity) if has_times else None
+        user_map.map(u, users.tail(n))
+        users.commit(n)
+        item_map.map(i, items.tail(n))
+        items.commit(n)
+        if v is None:
+            values.tail(n)[:] = 1.0
+            values.commit(n)
+        else:
+            values.extend(v.astype(np.float32))
+        if times is not None:
+            times.extend(t)
+        n_rows += n
+        del u, i, v, t, arrays
+
+    name = _data_name(path)
+    if n_rows == 0:
+        raise DataError(f"no interactions: the data{' ' + repr(name) if name else ''} is empty")
+    if time_col and latest[0] < TS_MIN_LATEST:
+        shown = show(float(latest[2]) if latest_float else latest[2])
+        raise _not_a_timestamp(path, f"its largest value, {shown} at line {latest[1] + 1}, is before 1973")
+    if n_zero and n_zero < n_rows and zero_lo >= 0.5 and zero_hi <= 10:
+        _warn(f"{path}: {n_zero} rating(s) are 0 (first at {locate(first_zero).replace(str(path) + ', ', '')}) "
+              f"while the others lie in {zero_lo:g}..{zero_hi:g}: on such a scale 0 usually means 'no rating'; "
+              f"remove those entries if so (they are kept and trained on as 0)")
+
+    users, items, values = users.finish(), items.finish(), values.finish()
+    times = None if times is None else times.finish()
+    user_ids, rank = user_map.sorted_ids()
+    _remap(users, rank)
+    item_ids, rank = item_map.sorted_ids()
+    _remap(items, rank)
+    del rank
+    if not _pairs_increasing(users, items):  # a file sorted by user, then item (MovieLens') has no repeats
+        # repeated (user, item) pairs, found on the stable (user, item) order
+        order = np.empty(n_rows, dtype=np.int32 if n_rows < 2**31 else np.int64)
+        _sort_by_major_minor(users, items, len(item_ids), order, np.zeros(len(user_ids) + 1, dtype=np.int64))
+        n_pairs, k, first = _scan_duplicates(order, users, items)
+        if n_pairs < n_rows:
+            if duplicates == "error":
+                raise DataError(
+                    f"{locate(k)}: duplicate (user, item) pair ({show(user_ids[users[k]])}, "
+                    f"{show(item_ids[items[k]])}), first seen at {locate(first)}; pass duplicates='mean' or 'last' "
+                    f"to combine repeats")
+            users, items, values, combined_times = _combine_duplicates(
+                order, users, items, values, times if times is not None else np.empty(0, dtype=np.int64),
+                times is not None, duplicates == "mean", n_pairs)
+            times = None if times is None else combined_times
+        del order
+    return Interactions(users, items, values, n_users=len(user_ids), n_items=len(item_ids), user_ids=user_ids,
+                        item_ids=item_ids, timestamps=times, name=name)
