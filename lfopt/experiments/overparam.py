@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..results import check_outputs, write_atomic, write_json
+from ..results import check_outputs, write_atomic
 from . import sensing as S
+from . import run_cli, study_parser, write_study
 
 #: ML-1M's ratings file, found beside the repository (``<repo>/../shared/data``) unless
 #: ``$LFOPT_ML1M`` names it; the completion part is skipped (and says so) when it is absent
@@ -646,26 +647,21 @@ def run_study(cfg: StudyConfig, outdir, quiet: bool = True, overwrite: bool = Fa
     plot_rates(sens, cfg, outdir / "rates.png")
     if not comp.get("skipped"):
         plot_completion(comp, outdir / "completion.png")
-    write_atomic(outdir / "table.md", table.encode(), overwrite=True)
-    write_json(outdir / "results.json", results, overwrite=True)
-    results["table"] = table
-    return results
+    return write_study(outdir, table, results)
 
 
 # ------------------------------------------------------------------ CLI
 def add_parser(sub):
-    p = sub.add_parser(
+    p = study_parser(
+        sub,
         "overparam",
         help="over-parameterization study: GD vs one-step GD, ScaledGD/PrecGD and SLF (matrix sensing, ML-1M)",
         description="Matrix sensing with Gaussian measurements (rank r target, model rank r/2r/4r, init scales "
         "1e-1/1e-2/1e-3, symmetric and asymmetric factorizations): iterations to relative error 1e-6 and fitted "
         "rates of GD, the one-step modification, ScaledGD(lambda), PrecGD and SLF; then GD vs SLF on ML-1M at "
         "rank 10 and 100. Writes results.json, table.md and PNG plots into --outdir.",
+        seed_help="seed of the sensing instance and inits (default: 0)",
     )
-    p.add_argument("--outdir", required=True, help="folder for results.json, table.md and the plots")
-    p.add_argument("--quick", action="store_true", help="a small size for tests (seconds)")
-    p.add_argument("--overwrite", action="store_true", help="replace the study's files in --outdir")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sensing instance and inits (default: 0)")
     p.add_argument("--n", type=int, default=None, help="sensing: matrix size (default: 40; quick 16)")
     p.add_argument("--r", type=int, default=None, help="sensing: true rank (default: 2)")
     p.add_argument("--m", type=int, default=None, help="sensing: measurements (default: 10 n r)")
@@ -676,7 +672,6 @@ def add_parser(sub):
     p.add_argument("--seconds", type=float, default=None,
                    help="completion: optimizer seconds per (method, rank) run (default: 15; quick 1)")
     p.add_argument("--no-completion", action="store_true", help="run the sensing part only")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     return p
 
 
@@ -701,8 +696,4 @@ def config_from_args(args) -> StudyConfig:
 
 
 def run(args) -> int:
-    cfg = config_from_args(args)
-    res = run_study(cfg, args.outdir, quiet=getattr(args, "quiet", False), overwrite=getattr(args, "overwrite", False))
-    if not getattr(args, "quiet", False):
-        print(res["table"])
-    return 0
+    return run_cli(args, config_from_args, run_study)
