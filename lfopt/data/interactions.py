@@ -267,9 +267,17 @@ class Interactions:
         )
 
     def with_values(self, values, name: str | None = None) -> "Interactions":
-        """The same entries with other values (e.g. 1.0 for implicit feedback)."""
-        out = self.subset(np.arange(self.nnz), name)
-        out.values = np.ascontiguousarray(np.broadcast_to(values, (self.nnz,)), dtype=np.float32)
+        """The same entries with other values (e.g. 1.0 for implicit feedback, or ratings
+        rescaled).  The index arrays, and the index parts of views already built, are shared
+        with ``self`` (not copied: at 100M ratings that is 2.4 GB less)."""
+        values = np.ascontiguousarray(np.broadcast_to(values, (self.nnz,)), dtype=np.float32)
+        out = Interactions(self.users, self.items, values, n_users=self.n_users, n_items=self.n_items,
+                           user_ids=self.user_ids, item_ids=self.item_ids, timestamps=self.timestamps,
+                           name=self.name if name is None else name)
+        for attr in ("_csr", "_csc"):
+            view = getattr(self, attr)
+            if view is not None:
+                setattr(out, attr, SparseView(view.indptr, view.indices, values[view.order], view.order))
         return out
 
     # ------------------------------------------------------------ constructors
