@@ -239,7 +239,9 @@ class LatentFactorModel(RatingRecommender):
         bk = obj.backend
         y = obj.init_params(self.init_scale, self.seed)
         self.objective_ = obj
-        self._set_index_state(train, valid)
+        # the rescaled copy has the same index space and its views are built already (by the
+        # objective): reading the original's would build a second CSR (1.2 GB at 100M ratings)
+        self._set_index_state(fit_train, fit_valid)
         self.layout_ = obj.layout
         self.mu_ = float(obj.mu) * scale
         self.global_mean_ = float(train.values.mean())

@@ -208,6 +208,7 @@ class HessianFree(Optimizer):
                 pre = (diag + gamma) if self.precondition == "jacobi" else None
             if self.precondition == "block":
                 shift, scale = (0.0, 1.0 + gamma) if marquardt else (gamma, 1.0)
+                pre = None  # a retry's blocks replace the last ones: never two sets in memory at once
                 pre = obj.block_preconditioner(y, shift, scale)
             res = conjugate_gradient(matvec, rhs, self.cg_iters, self.cg_tol, pre, backend=be)
             cg_total += res.iterations
