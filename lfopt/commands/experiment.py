@@ -5,13 +5,13 @@ from __future__ import annotations
 import importlib
 
 #: study name -> module under lfopt.experiments (each has add_parser(sub) and run(args))
-STUDIES = {"overparam": "overparam", "flatness": "flatness"}
+STUDIES = {"overparam": "overparam", "flatness": "flatness", "dims": "dims"}
 
 
 def add_parser(sub):
     p = sub.add_parser(
         "experiment",
-        help="run a study that reproduces (or refutes) a paper's claim: overparam, flatness",
+        help="run a study that reproduces (or refutes) a paper's claim: overparam, flatness, dims",
         description="Studies of METHODS.md section 5. Each writes results.json, table.md and PNG plots into "
         "--outdir; --quick runs a small size in seconds.",
     )

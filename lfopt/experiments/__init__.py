@@ -8,17 +8,20 @@ Each study module offers ``add_parser(subparsers)`` and ``run(args) -> int`` lik
   sensing problem, objective and methods are in :mod:`lfopt.experiments.sensing`.
 * :mod:`lfopt.experiments.flatness`: flatness regularization (the trace of the Hessian) of deep
   factorizations against SAM and the nuclear-norm minimizer, on synthetic sensing and completion.
+* :mod:`lfopt.experiments.dims`: learned embedding dimensions (DNIS-style selection weights per
+  frequency block and dimension, pruning, fine-tuning) against uniform ranks on ML-1M and Yelp.
 """
 
 
-def study_parser(sub, name: str, help: str, description: str, seed_help: str):
+def study_parser(sub, name: str, help: str, description: str, seed_help: str, seed_default=0,
+                 quick_help: str = "a small size for tests (seconds)"):
     """The sub-command of one study with the options every study takes: ``--outdir``, ``--quick``,
     ``--overwrite``, ``--seed`` and ``--quiet`` (the study adds its own)."""
     p = sub.add_parser(name, help=help, description=description)
     p.add_argument("--outdir", required=True, help="folder for results.json, table.md and the plots")
-    p.add_argument("--quick", action="store_true", help="a small size for tests (seconds)")
+    p.add_argument("--quick", action="store_true", help=quick_help)
     p.add_argument("--overwrite", action="store_true", help="replace the study's files in --outdir")
-    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--seed", type=int, default=seed_default, help=seed_help)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     return p
 
