@@ -13,11 +13,12 @@ from lfopt.errors import ConfigError
 from lfopt.kernels import gibbs as KG
 from lfopt.models.lf import LFObjective
 from lfopt.optim.base import make_optimizer
-from lfopt.optim.gibbs import (GibbsSampler, PosteriorSamples, sample_normal_gamma, sample_normal_wishart,
-                               sample_wishart)
+from lfopt.optim.gibbs import (GibbsSampler, PosteriorSamples, noise_shape, sample_normal_gamma,
+                               sample_normal_wishart, sample_wishart)
 
 NONE2 = np.empty((0, 3), np.float32)
 NONE1 = np.empty(0, np.float32)
+NOCHOL, NODF = np.empty((0, 0)), np.empty((0, 2))  # no degrees-of-freedom count
 
 
 # ---------------------------------------------------------------- small problem
@@ -71,17 +72,27 @@ def test_sample_side_means_are_the_dense_ridge_and_posterior_solutions(tiny):
     prec, lin = _prior(rng, 4)
     X, bu, sse = np.zeros((m, 3), np.float32), np.zeros(m, np.float32), np.zeros(4)
     Xm, bm = np.zeros((m, 3), np.float32), np.zeros(m, np.float32)
+    df = np.full((4, 2), np.nan)
     KG.sample_side(csr.indptr, csr.indices, csr.data, mu, bi, Q, True, 1.7, prec, lin, 0.0, 0.0, np.uint64(3), True,
-                   4, X, bu, sse, Xm, bm)
+                   4, X, bu, sse, Xm, bm, np.linalg.cholesky(prec), df)
+    hat_trace = hat_trace2 = 0.0
     for u in range(m):
-        ref, _ = _dense_posterior(data, Q, bi, mu, True, 1.7, prec, lin, u)
+        ref, A = _dense_posterior(data, Q, bi, mu, True, 1.7, prec, lin, u)
         np.testing.assert_allclose(np.r_[Xm[u], bm[u]], ref, rtol=1e-4, atol=1e-5)
+        # tr(H_u) = tr(alpha Z^T Z A_u^-1), Z the row's design (item factors, 1)
+        Hm = np.linalg.solve(A, A - prec)  # similar to H_u: the same trace and trace of the square
+        hat_trace += np.trace(Hm)
+        hat_trace2 += np.trace(Hm @ Hm)
+    # the effective number of parameters, summed per chunk
+    assert df[:, 0].sum() == pytest.approx(hat_trace, rel=1e-6)
+    assert df[:, 1].sum() == pytest.approx(hat_trace2, rel=1e-6)
+    assert 0 < df[:, 1].sum() < df[:, 0].sum() < min(4 * m, data.nnz)
     # the residuals of the new values, summed per chunk
     pred = mu + bu[data.users] + bi[data.items] + np.einsum("ij,ij->i", X[data.users], Q[data.items])
     assert sse.sum() == pytest.approx(float(((data.values - pred) ** 2).sum()), rel=1e-4)
     # draw=False with alpha 1, no prior and a count-weighted ridge: ALS's exact update
     KG.sample_side(csr.indptr, csr.indices, csr.data, mu, bi, Q, True, 1.0, np.zeros((4, 4)), np.zeros(4), 0.3, 0.3,
-                   np.uint64(0), False, 4, X, bu, sse, NONE2, NONE1)
+                   np.uint64(0), False, 4, X, bu, sse, NONE2, NONE1, NOCHOL, NODF)
     for u in range(m):
         ref, _ = _dense_posterior(data, Q, bi, mu, True, 1.0, np.zeros((4, 4)), np.zeros(4), u, ridge=0.3)
         np.testing.assert_allclose(np.r_[X[u], bu[u]], ref, rtol=1e-4, atol=1e-5)
@@ -96,7 +107,7 @@ def test_draws_have_the_conditional_mean_and_covariance(tiny):
     draws = np.empty((n, 4))
     for s in range(n):
         KG.sample_side(csr.indptr, csr.indices, csr.data, mu, bi, Q, True, 1.7, prec, lin, 0.0, 0.0, np.uint64(s),
-                       True, 4, X, bu, sse, NONE2, NONE1)
+                       True, 4, X, bu, sse, NONE2, NONE1, NOCHOL, NODF)
         draws[s] = np.r_[X[u], bu[u]]
     mean, A = _dense_posterior(data, Q, bi, mu, True, 1.7, prec, lin, u)
     C = np.linalg.inv(A)
@@ -128,7 +139,7 @@ def test_sample_side_does_not_depend_on_the_work_partition(tiny):
     for chunks in (1, 3, 64):
         X, bu, sse = np.zeros((m, 3), np.float32), np.zeros(m, np.float32), np.zeros(chunks)
         KG.sample_side(csr.indptr, csr.indices, csr.data, mu, bi, Q, True, 1.7, prec, lin, 0.0, 0.0, np.uint64(9),
-                       True, chunks, X, bu, sse, NONE2, NONE1)
+                       True, chunks, X, bu, sse, NONE2, NONE1, NOCHOL, NODF)
         outs.append((X, bu))
     for X, bu in outs[1:]:
         assert np.array_equal(X, outs[0][0]) and np.array_equal(bu, outs[0][1])
@@ -211,7 +222,7 @@ def test_posterior_store_truncates_to_an_epoch():
 # ------------------------------------------------------------------ the sampler
 def test_options_are_checked_and_named():
     for bad in (dict(prior="laplace"), dict(burn_in=-1), dict(thin=0), dict(max_samples=0),
-                dict(warm_start=1.5), dict(rao_blackwell="yes"), dict(warm_lambda=-1.0)):
+                dict(warm_start=1.5), dict(rao_blackwell="yes"), dict(warm_lambda=-1.0), dict(noise="student")):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             make_optimizer("gibbs", **bad)
     with pytest.raises(ConfigError, match="lr"):
@@ -219,6 +230,61 @@ def test_options_are_checked_and_named():
     with pytest.raises(ConfigError, match="rho"):
         make_optimizer("gibbs", rho=0.05)
     assert isinstance(make_optimizer("GIBBS"), GibbsSampler) and GibbsSampler.is_sampler
+
+
+def _hat_traces(data, X, b_other_unused, prec, alpha, by_items):
+    """(sum tr H, sum tr H^2) over the rows of one side, directly: A = alpha Z^T Z + prec,
+    Z = (the other side's factors of the row's entries, 1), H ~ alpha A^-1 Z^T Z."""
+    view = data.csc if by_items else data.csr
+    tr1 = tr2 = 0.0
+    for r in range(len(view.indptr) - 1):
+        idx = view.indices[view.indptr[r]:view.indptr[r + 1]]
+        Z = np.column_stack([X[idx].astype(np.float64), np.ones(len(idx))])
+        A = alpha * Z.T @ Z + prec
+        H = np.linalg.solve(A, alpha * Z.T @ Z)
+        tr1 += np.trace(H)
+        tr2 += np.trace(H @ H)
+    return tr1, tr2
+
+
+@pytest.mark.parametrize("noise", ["dof", "dof-sample"])
+def test_noise_dof_subtracts_the_hat_traces_of_the_sweep(noise):
+    """After a sweep, df is sum tr(H) (or tr(H) - tr(H^2)) of both sides' conditionals, computed
+    here directly; the next alpha is Gamma((1 + |K| - df)/2, rate (1 + SSE)/2)."""
+    data = lfopt.synthetic(n_users=40, n_items=30, nnz=500, seed=3)
+    obj = LFObjective(data, 4, lam=0.05)
+    y = obj.init_params(0.1, 0)
+    opt = GibbsSampler(burn_in=0, noise=noise, seed=1)
+    for e in range(1, 4):
+        info = opt.epoch(obj, y, e)
+    st = opt._st
+    # the item side was drawn given the final P and the sweep's alpha and prior
+    ti1, ti2 = _hat_traces(data, st["P"], None, st["prec_i"], st["alpha"], True)
+    assert st["df_i"][:, 0].sum() == pytest.approx(ti1, rel=1e-5)
+    assert st["df_i"].shape[1] == (1 if noise == "dof" else 2)
+    if noise == "dof-sample":
+        assert st["df_i"][:, 1].sum() == pytest.approx(ti2, rel=1e-5)
+    tr = st["df_u"].sum(axis=0) + st["df_i"].sum(axis=0)
+    df = tr[0] if noise == "dof" else tr[0] - tr[1]
+    assert info["df"] == pytest.approx(df) and 0 < df < data.nnz
+    # the next draw uses that df
+    a = opt._draw_alpha(np.random.default_rng(5), st)
+    b = np.random.default_rng(5).gamma((1 + data.nnz - df) / 2, 2 / (1 + st["sse"]))
+    assert a == pytest.approx(b, rel=1e-12)
+    assert noise_shape(100, 30.0) == 35.5 and noise_shape(100, 500.0) == 0.5
+
+
+def test_noise_dof_lowers_alpha_where_parameters_abound():
+    """A sparse set with about as many factor parameters as ratings: the plain conditional
+    believes the noise is smaller than the fit leaves; subtracting df gives a smaller alpha."""
+    data = lfopt.synthetic(n_users=120, n_items=90, nnz=1500, rank=2, noise_std=1.0, seed=4)
+    alphas = {}
+    for noise in ("gibbs", "dof"):
+        obj = LFObjective(data, 6, lam=0.05)
+        y = obj.init_params(0.1, 0)
+        opt = GibbsSampler(burn_in=0, noise=noise, seed=2)
+        alphas[noise] = np.mean([opt.epoch(obj, y, e)["alpha"] for e in range(1, 61)][20:])
+    assert alphas["dof"] < 0.9 * alphas["gibbs"]
 
 
 def test_objective_without_the_lf_layout_is_refused(small_synthetic):

@@ -242,7 +242,7 @@ def _work_buffers(gp, maxn, f, use_bias):
 
 @njit(parallel=True, **_JIT)
 def sample_side(indptr, indices, data, mu, b_other, Y, use_bias, alpha, prec, lin, ridge, ridge_b, seed, draw,
-                n_chunks, X, b_self, sse_chunks, X_mean, b_mean):
+                n_chunks, X, b_self, sse_chunks, X_mean, b_mean, prec_chol, df_chunks):
     """Update every row of one side from its conditional posterior (in place).
 
     Row u (entries k, z_k = (Y[i_k], 1), t_k = r_k - mu - b_other[i_k]; without
@@ -257,7 +257,14 @@ def sample_side(indptr, indices, data, mu, b_other, Y, use_bias, alpha, prec, li
     ``alpha = 1``, ``prec = 0`` and a ridge this is ALS's exact update; a row with
     no entry and a singular A_u is then set to 0).  When ``X_mean`` has rows, the
     conditional means are written to ``X_mean``/``b_mean`` too (the Rao-Blackwellized
-    average of predictions uses them).
+    average of predictions uses them).  When ``df_chunks`` (n_chunks x 1 or 2) has rows,
+    ``df_chunks[c]`` receives the chunk's sum of tr(H_u) (and, with 2 columns, of
+    tr(H_u^2)), H_u = alpha Z_u
+    A_u^-1 Z_u^T the row's hat matrix: with M_u = prec A_u^-1 and W = L_u^-1 C
+    (A_u = L_u L_u^T, ``prec_chol`` = C the lower Cholesky factor of ``prec``),
+    tr(H_u) = g - tr(M_u) = g - ||W||_F^2 and tr(H_u^2) = g - 2 tr(M_u) + ||W^T W||_F^2;
+    g more triangular solves and a g x g Gram a row (the sampler's degrees-of-freedom
+    noise draw uses them).
 
     Rows are split into ``n_chunks`` fixed chunks (u = c, c + n_chunks, ...), each
     solved LANES rows at a time; ``sse_chunks[c]`` receives the chunk's sum of
@@ -268,6 +275,9 @@ def sample_side(indptr, indices, data, mu, b_other, Y, use_bias, alpha, prec, li
     gp = (g + 4) // 4 * 4  # features, the target, zero padding
     nrow = indptr.shape[0] - 1
     want_mean = X_mean.shape[0] > 0
+    want_df = df_chunks.shape[0] > 0
+    gw = g if want_df else 0
+    want_sq = want_df and df_chunks.shape[1] > 1
     for c in prange(n_chunks):
         maxn = chunk_max_count(indptr, c, n_chunks)
         Zt = _work_buffers(gp, maxn, f, use_bias)
@@ -279,7 +289,13 @@ def sample_side(indptr, indices, data, mu, b_other, Y, use_bias, alpha, prec, li
         eps = np.empty(g)
         x = np.empty(g)
         rows = np.empty(LANES, dtype=np.int64)
+        W = np.empty((gw, gw, LANES))
+        fro = np.empty(LANES)
+        fro2 = np.empty(LANES)
+        dot = np.empty(LANES)
         sse = 0.0
+        tr_h = 0.0
+        tr_h2 = 0.0
         n_rows = (nrow - c + n_chunks - 1) // n_chunks if c < nrow else 0
         for j0 in range(0, n_rows, LANES):
             nl = min(LANES, n_rows - j0)
@@ -307,6 +323,41 @@ def sample_side(indptr, indices, data, mu, b_other, Y, use_bias, alpha, prec, li
                         for e in range(d + 1):
                             A[d, e, ln] = 1.0 if d == e else 0.0
             batched_cholesky(A, g, inv)
+            if want_df:  # W = L^-1 C, one column of C at a time (W is lower triangular)
+                for ln in range(LANES):
+                    fro[ln] = 0.0
+                    fro2[ln] = 0.0
+                for j in range(g):
+                    Wj = W[j]
+                    for d in range(j):
+                        for ln in range(LANES):
+                            Wj[d, ln] = 0.0
+                    for d in range(j, g):  # forward substitution from row j (C[:j, j] = 0)
+                        cdj = prec_chol[d, j]
+                        for ln in range(LANES):
+                            Wj[d, ln] = cdj
+                        for k in range(j, d):
+                            for ln in range(LANES):
+                                Wj[d, ln] -= A[d, k, ln] * Wj[k, ln]
+                        for ln in range(LANES):
+                            Wj[d, ln] *= inv[d, ln]
+                            fro[ln] += Wj[d, ln] * Wj[d, ln]
+                for j in range(g if want_sq else 0):
+                    # ||W^T W||_F^2 = sum_j (W_j . W_j)^2 + 2 sum_{k < j} (W_j . W_k)^2
+                    Wj = W[j]
+                    for k in range(j + 1):
+                        Wk = W[k]
+                        for ln in range(LANES):
+                            dot[ln] = 0.0
+                        for d in range(j, g):  # W_j and W_k are zero above row max(j, k) = j
+                            for ln in range(LANES):
+                                dot[ln] += Wj[d, ln] * Wk[d, ln]
+                        wgt = 1.0 if k == j else 2.0
+                        for ln in range(LANES):
+                            fro2[ln] += wgt * dot[ln] * dot[ln]
+                for ln in range(nl):
+                    tr_h += g - fro[ln]
+                    tr_h2 += g - 2.0 * fro[ln] + fro2[ln]
             batched_solve_lower(A, inv, h, g)
             if want_mean:
                 for d in range(g):
@@ -336,6 +387,10 @@ def sample_side(indptr, indices, data, mu, b_other, Y, use_bias, alpha, prec, li
                 if indptr[u + 1] > indptr[u]:
                     sse += _row_sse(Gs[ln], g, x)
         sse_chunks[c] = sse
+        if want_df:
+            df_chunks[c, 0] = tr_h
+            if want_sq:
+                df_chunks[c, 1] = tr_h2
 
 
 @njit(**_JIT)

@@ -18,6 +18,45 @@ defaults; RMSE on a 10 % validation split of the training part, seed 43) after 5
 kept samples: normal-wishart 0.8386 / 0.8376, normal-gamma 0.8426 / 0.8400; ML-100K,
 rank 10, 200 samples: 0.8854 / 0.8876.  Hence the default normal-wishart.
 
+Drift on small sparse data, and the degrees-of-freedom noise draws (``noise``).
+With the exact conditional of alpha the posterior mean gets worse the longer the chain
+runs on small sparse sets, and myFM's does too, by as much (test RMSE of the posterior
+mean after 200 / 600 / 1000 sweeps, rank 10; benchmarks/results/gibbs_drift.md):
+Amazon ours 0.9282 / 0.9400 / 0.9434, myFM 0.9326 / 0.9401 / 0.9438; Douban ours 0.7282 /
+0.7297 / 0.7308, myFM 0.7305 / 0.7318 / 0.7326.  It is the model's posterior, reached
+slowly from the small start (the early samples act as an early stopping): alpha climbs
+(Amazon 1.3 to 2.05 in rating units: a training RMSE of 0.70 against a test RMSE of
+0.93), the factor prior precisions fall (about 90 to 10), the factors grow and single
+samples get worse (test RMSE 0.96 to 1.06).  The driver is alpha (fixed at the bias-only
+residual variance, the drift stops): a sample's residuals understate the noise by what
+the factors fit of it, and there the factors have as many parameters as half the ratings.
+The options subtract degrees of freedom, REML-style, from the |K| residuals:
+
+    alpha ~ Gamma((a0 + |K| - df)/2, rate (b0 + SSE)/2)
+
+with df the previous sweep's sum over the rows of both sides of tr(H) (``"dof"``: the
+effective number of parameters; SSE / (|K| - df) is then the usual unbiased noise
+estimate of a fitted mean) or of tr(H) - tr(H^2) (``"dof-sample"``: what a *sample's*
+residuals, E SSE = sigma^2 (|K| - tr H + tr H^2) at fixed hyper-parameters, lack), H_u =
+alpha Z_u A_u^-1 Z_u^T the row's hat matrix given the other side.  Neither is the exact
+conditional: the chain samples a modified posterior.  Test RMSE at 200 / 600 / 1000 sweeps
+(random 90/10 seed 42, Douban fixed; "-": not run):
+
+    dataset, rank      gibbs (default)          dof                      dof-sample
+    Amazon 10          .9282 / .9400 / .9434    .9280 / .9269 / -        .9269 / .9310 / -
+    Amazon 32          .9294 / .9423 / .9470    .9273 / .9270 / .9270    .9268 / .9285 / -
+    Douban 10          .7282 / .7297 / .7308    .7282 / .7277 / -        .7276 / .7272 / -
+    Douban 32          .7278 / .7300 / .7310    .7282 / .7278 / .7276    .7280 / .7272 / -
+    ML-100K 10         .8812 / .8821 / .8823    .8837 / .8820 / -        .8814 / .8811 / -
+    ML-100K 32         .8826 / .8838 / .8838    .8832 / .8822 / .8821    .8810 / .8801 / -
+    ML-1M 32 (200/250) .8293 / .8285            .8328 / .8315            .8304 / .8293
+
+(ML-1M seed 1: .8294 / .8285 against .8304 / .8293.)  ``"dof"`` removes the drift,
+``"dof-sample"`` mostly (and is the best on ML-100K and Douban), but both cost dense
+data at the ~200 sweeps a 20 s budget gives ML-1M (0.0035 and 0.0010), and
+``"dof-sample"`` costs 7-35 % more time a sweep at rank 32 (``"dof"`` a few %), so the
+default stays ``"gibbs"``.
+
 One sweep draws alpha given the residuals, the hyper-parameters of each side given
 its rows (cheap, numpy), then every user row (b_u, p_u) jointly given Q and b_i,
 then every item row given P and b_u (:mod:`lfopt.kernels.gibbs`; the same per-row
@@ -43,6 +82,8 @@ from .base import Optimizer, register
 
 PRIORS = ("normal-gamma", "normal-wishart")
 _N_CHUNKS = 128  # fixed work partition of the rows: results do not depend on the thread count
+_NONE0 = np.empty((0, 2))
+NOISE = ("dof", "dof-sample", "gibbs")
 
 
 def _count(name, value, minimum):
@@ -106,6 +147,13 @@ def sample_normal_wishart_stats(rng, N, xsum, xxT, beta0=2.0, nu0=None, mu0=None
     Lc = np.linalg.cholesky(beta * Lam)  # mu ~ N(mean, (beta Lam)^-1) = mean + Lc^-T z
     mu = mean + np.linalg.solve(Lc.T, rng.standard_normal(k))
     return Lam, mu
+
+
+def noise_shape(nnz: int, df: float, a0: float = 1.0) -> float:
+    """Shape of the noise precision's draw, (a0 + |K| - df) / 2: |K| residuals less the df
+    the current fit spends on them (df = 0: the plain Gibbs conditional).  Never below a0 / 2
+    (a df as large as |K| would leave no residual to estimate the noise from)."""
+    return max(a0 + nnz - df, a0) / 2.0
 
 
 # ---------------------------------------------------------------- the samples
@@ -288,13 +336,20 @@ class GibbsSampler(Optimizer):
         of the users' draws: the same posterior mean with less Monte-Carlo noise
         (ML-1M rank 32, validation RMSE after 25 / 50 / 100 samples: 0.8394 / 0.8386 /
         0.8376 against 0.8414 / 0.8398 / 0.8381 without).
+    noise : how alpha is drawn: ``"gibbs"`` (the default) its exact conditional
+        Gamma((1 + |K|)/2, rate (1 + SSE)/2); ``"dof"`` with |K| less the effective number
+        of parameters df = sum tr(H_row) of the previous sweep (no drift on small sparse
+        sets, slower on dense ones; see the module docstring for the rule and the
+        numbers); ``"dof-sample"`` with |K| less sum (tr(H) - tr(H^2)).  Computing df
+        costs g more triangular solves and a g x g Gram per row.
     seed : seeds every draw; the chain is the same whatever the thread count.
 
     ``epoch`` writes the current sample into ``y`` and returns ``alpha`` (the
     sampled noise precision), ``kept`` (samples held), ``sampling`` (1 for a
-    Gibbs sweep, 0 for a warm-start ALS sweep) and ``train_loss`` (the objective
-    at the sample, from the residuals the sweep computed).  The kept samples are
-    :attr:`samples`.
+    Gibbs sweep, 0 for a warm-start ALS sweep), ``df`` (with ``noise`` "dof" or
+    "dof-sample": what the next alpha draw subtracts from |K|) and ``train_loss``
+    (the objective at the sample, from the residuals the sweep computed).  The kept
+    samples are :attr:`samples`.
     """
 
     name = "gibbs"
@@ -305,7 +360,7 @@ class GibbsSampler(Optimizer):
 
     def __init__(self, burn_in: int = 20, prior: str = "normal-wishart", warm_start: int = 0, thin: int = 1,
                  max_samples: int = 200, warm_lambda: float | None = None, rao_blackwell: bool = True,
-                 seed: int = 0):
+                 noise: str = "gibbs", seed: int = 0):
         super().__init__(seed)
         self.burn_in = _count("burn_in", burn_in, 0)
         if not isinstance(prior, str) or prior.lower() not in PRIORS:
@@ -321,6 +376,9 @@ class GibbsSampler(Optimizer):
         if not isinstance(rao_blackwell, (bool, np.bool_)):
             raise ConfigError(f"rao_blackwell must be True or False, got {rao_blackwell!r}")
         self.rao_blackwell = bool(rao_blackwell)
+        if not isinstance(noise, str) or noise.lower() not in NOISE:
+            raise ConfigError(f"noise must be one of {', '.join(NOISE)}, got {noise!r}")
+        self.noise = noise.lower()
         self._st = None
         self._samples = None
 
@@ -352,7 +410,9 @@ class GibbsSampler(Optimizer):
         mu = np.float32(obj.mu)
         st = dict(m=m, n=n, f=f, g=f + 1 if use_bias else f, use_bias=use_bias, mu=mu, csr=csr, csc=csc, nnz=train.nnz,
                   bu=bu, bi=bi, P=P, Q=Q, sweep=0, alpha=None, sse=None,
-                  sse_u=np.zeros(_N_CHUNKS), sse_i=np.zeros(_N_CHUNKS),
+                  sse_u=np.zeros(_N_CHUNKS), sse_i=np.zeros(_N_CHUNKS), df=0.0,
+                  df_u=np.zeros((_N_CHUNKS, 1 + (self.noise == "dof-sample"))),
+                  df_i=np.zeros((_N_CHUNKS, 1 + (self.noise == "dof-sample"))),
                   hyper={"P": np.zeros(f), "Q": np.zeros(f), "bu": np.zeros(1), "bi": np.zeros(1)})
         if self.warm_start:
             st["warm"] = self._warm_ridge(obj, train, use_bias)
@@ -392,7 +452,7 @@ class GibbsSampler(Optimizer):
         for view, X, b_self, Y, b_other, out in ((st["csr"], st["P"], st["bu"], st["Q"], st["bi"], st["sse_u"]),
                                                   (st["csc"], st["Q"], st["bi"], st["P"], st["bu"], st["sse_i"])):
             sample_side(view.indptr, view.indices, view.data, mu, b_other, Y, use_bias, 1.0, prec, zero_lin,
-                        lam, lam_b, np.uint64(0), False, _N_CHUNKS, X, b_self, out, none2, none1)
+                        lam, lam_b, np.uint64(0), False, _N_CHUNKS, X, b_self, out, none2, none1, prec, _NONE0)
         st["sse"] = float(st["sse_i"].sum())
 
     def _gibbs_sweep(self, st, keep: bool, epoch: int):
@@ -405,31 +465,47 @@ class GibbsSampler(Optimizer):
         rng = np.random.default_rng([self.seed, sweep, 7])
         if st["sse"] is None:
             st["sse"] = _sse(st)
-        st["alpha"] = float(rng.gamma((1.0 + st["nnz"]) / 2.0, 2.0 / (1.0 + st["sse"])))
+        st["alpha"] = self._draw_alpha(rng, st)
         prec_u, lin_u = self._side_prior(rng, st, "P", "bu")
         prec_i, lin_i = self._side_prior(rng, st, "Q", "bi")
+        st["prec_u"], st["prec_i"] = prec_u, prec_i  # this sweep's prior precisions (for inspection)
         alpha, mu, use_bias = st["alpha"], st["mu"], st["use_bias"]
         csr, csc = st["csr"], st["csc"]
         rb = keep and self.rao_blackwell
         if rb and "Pm" not in st:
             st["Pm"], st["bum"] = np.empty_like(st["P"]), np.empty_like(st["bu"])
         none2, none1 = np.empty((0, st["f"]), np.float32), np.empty(0, np.float32)
+        if self.noise != "gibbs":
+            chol_u, chol_i = np.linalg.cholesky(prec_u), np.linalg.cholesky(prec_i)
+            df_u, df_i = st["df_u"], st["df_i"]
+        else:
+            chol_u = chol_i = np.empty((0, 0))
+            df_u = df_i = _NONE0
         sample_side(csr.indptr, csr.indices, csr.data, mu, st["bi"], st["Q"], use_bias, alpha, prec_u, lin_u, 0.0,
                     0.0, _stream_seed(self.seed, sweep, 0), True, _N_CHUNKS, st["P"], st["bu"], st["sse_u"],
-                    st["Pm"] if rb else none2, st["bum"] if rb else none1)
+                    st["Pm"] if rb else none2, st["bum"] if rb else none1, chol_u, df_u)
         if rb:  # E[p_u | Q] with the Q it was drawn given
             self._samples.offer(st["bum"], st["bi"], st["Pm"], st["Q"], epoch)
         sample_side(csc.indptr, csc.indices, csc.data, mu, st["bu"], st["P"], use_bias, alpha, prec_i, lin_i, 0.0,
                     0.0, _stream_seed(self.seed, sweep, 1), True, _N_CHUNKS, st["Q"], st["bi"], st["sse_i"], none2,
-                    none1)
+                    none1, chol_i, df_i)
         if keep and not rb:
             self._samples.offer(st["bu"], st["bi"], st["P"], st["Q"], epoch)
         st["sse"] = float(st["sse_i"].sum())
+        if self.noise != "gibbs":
+            tr = st["df_u"].sum(axis=0) + st["df_i"].sum(axis=0)  # sum tr(H) (, sum tr(H^2))
+            st["df"] = float(tr[0] if self.noise == "dof" else tr[0] - tr[1])
+
+    def _draw_alpha(self, rng, st) -> float:
+        """The noise precision given the current residuals: Gamma((a0 + |K| - df)/2, rate (b0 + SSE)/2),
+        a0 = b0 = 1, df the previous sweep's effective number of parameters with ``noise="dof"``
+        (0 before the first sweep and with ``noise="gibbs"``, the plain conditional)."""
+        return float(rng.gamma(noise_shape(st["nnz"], st["df"]), 2.0 / (1.0 + st["sse"])))
 
     def _side_prior(self, rng, st, name, bname):
         """The prior precision (g x g) and linear term (g) shared by one side's rows, its
         hyper-parameters drawn given the current rows."""
-        X, f, use_bias = st[name], st["f"], st["use_bias"]
+        X, use_bias = st[name], st["use_bias"]
         if self.prior == "normal-wishart":
             # one g-dimensional Normal-Wishart on the whole row (p_u, b_u): the prior learns how the
             # bias goes with the factors (ML-1M rank 32, 100 sweeps, ratings not standardized,
@@ -460,6 +536,8 @@ class GibbsSampler(Optimizer):
             after = st["sweep"] - self.warm_start - self.burn_in
             self._gibbs_sweep(st, after >= 0 and after % self.thin == 0, epoch)
             info = {"sampling": 1, "kept": self.kept, "alpha": st["alpha"]}
+            if self.noise != "gibbs":
+                info["df"] = st["df"]
         st["sweep"] += 1
         _write(obj, y, st)
         if hasattr(obj, "penalty") and hasattr(obj, "last_sse"):
