@@ -112,7 +112,7 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--optimizers", nargs="+", default=["als", "slf", "sgd", "adam"], choices=sorted(OPTIONS))
-    ap.add_argument("--out", default=None, help="write the table (markdown) here too")
+    ap.add_argument("--out", default=None, help="append the table (markdown) to this file")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--optimizer", help=argparse.SUPPRESS)
     ap.add_argument("--procs", type=int, default=1, help=argparse.SUPPRESS)
@@ -155,9 +155,8 @@ def main() -> None:
     print(text)
     if args.out:
         sys.path.insert(0, str(ROOT))
-        from lfopt.results import write_atomic
-
-        write_atomic(args.out, text.encode(), overwrite=True)
+        with open(args.out, "a") as f:  # each run adds its table
+            f.write(text + "\n")
 
 
 if __name__ == "__main__":
