@@ -290,6 +290,14 @@ class TestRecommend:
                      "--json", "--fallback"]) == 0
         assert len(json.loads(capsys.readouterr().out)["no-such-user"]) == 3
 
+    def test_unknown_user_among_known_ones_keeps_their_lists(self, trained, capsys):
+        # one unknown user among several: the others' lists are printed, the unknown one is reported, exit 1
+        assert main(["recommend", "--model", str(trained["model"]), "--user", "1", "--user", "no-such-user",
+                     "--user", "2", "-k", "2", "--json"]) == 1
+        cap = capsys.readouterr()
+        assert set(json.loads(cap.out)) == {"1", "2"}
+        assert "no-such-user" in cap.err and "--fallback" in cap.err
+
     def test_string_id_model(self, tmp_path, string_id_model, capsys):
         path = string_id_model.save(tmp_path / "s.npz")
         assert main(["recommend", "--model", str(path), "--user", "user-3", "-k", "2", "--json"]) == 0

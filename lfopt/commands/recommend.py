@@ -14,7 +14,8 @@ def add_parser(sub):
                        description="Print the k items with the highest score for each given user (original "
                        "IDs), excluding the items the user had in training unless --include-seen. Works with "
                        "any saved model (lfopt train --save, lfopt rank --save). A user unknown to the model is "
-                       "an error (exit status 1) unless --fallback, which recommends the most popular items "
+                       "reported and skipped (the others are printed; exit status 1) unless --fallback, which "
+                       "recommends the most popular items "
                        "(shrunk popularity: a damped mean rating, or the interaction count for ranking models).")
     p.add_argument("--model", required=True, metavar="MODEL.npz",
                    help="a model saved by 'lfopt train --save' or 'lfopt rank --save'")
@@ -51,21 +52,26 @@ def run(args) -> int:
         raise ConfigError(f"-k must be a positive integer, got {args.k}")
     model = load_model(args.model)
     ids = [_as_id(model, raw) for raw in args.user]
-    rows = model._user_rows(ids)
+    # one lookup per ID: a list mixing numbers and text (an unknown "abc" beside 1 and 2) would become
+    # an array of strings, in which no numeric ID is found
+    rows = np.array([model._user_rows([i])[0] for i in ids], dtype=np.int64)
     unknown = [raw for raw, r in zip(args.user, rows) if r < 0 or model.user_counts_[r] == 0]
     if unknown and not args.fallback:
+        # the known users still get their lists; the unknown ones are reported and the exit status is 1
         print(f"lfopt recommend: warning: {len(unknown)} user(s) unknown to the model: "
               f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}; give --fallback to recommend the "
               f"most popular items to them", file=sys.stderr)
-        return 1
+    skip = set() if args.fallback else set(unknown)
     out = {}
     for raw, uid in zip(args.user, ids):
+        if raw in skip:
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # unknown users are reported below, once each
             items, scores = model.recommend(uid, k=args.k, exclude_seen=not args.include_seen,
                                             min_support=args.min_support)
         out[raw] = [{"item": np.asarray(i).item(), "score": float(s)} for i, s in zip(items, scores)]
-    if unknown:
+    if unknown and args.fallback:
         print(f"lfopt recommend: warning: {len(unknown)} user(s) unknown to the model "
               f"({', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}): recommended by popularity",
               file=sys.stderr)
@@ -76,4 +82,4 @@ def run(args) -> int:
             print(f"user {user}:")
             for rank, r in enumerate(recs, 1):
                 print(f"  {rank:3d}. item {r['item']}  score {r['score']:.3f}")
-    return 0
+    return 1 if skip else 0
