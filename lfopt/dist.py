@@ -198,6 +198,12 @@ def world_size() -> int:
     return 1 if dist is None else dist.get_world_size()
 
 
+def leads(objective) -> bool:
+    """Whether this process speaks for an objective's run: always on one process, rank 0 of a
+    distributed objective's communicator (the one that prints progress)."""
+    return getattr(getattr(objective, "comm", None), "rank", 0) == 0
+
+
 def balanced_ranges(counts: np.ndarray, parts: int) -> np.ndarray:
     """Boundaries (parts + 1 of them) of ``parts`` contiguous row ranges with about equal
     numbers of entries (``counts`` per row).

@@ -198,6 +198,7 @@ class BPRMF(Recommender):
         return super().fit(data, valid, callback, columns)
 
     def _fit(self, train: Interactions, valid: Interactions | None, callback):
+        from ..dist import leads
         from ..models.bpr import BPRObjective
         from ..optim.bpr import BPRStep
         from ..train.trainer import Trainer
@@ -267,9 +268,8 @@ class BPRMF(Recommender):
             if callback is not None:
                 callback(self, row)
 
-        lead = getattr(getattr(obj, "comm", None), "rank", 0) == 0
         trainer = Trainer(int(self.epochs), self.patience if evaluate is not None else None, min_delta=0.0,
-                          verbose=self.verbose and lead, callback=hook, metric=metric, higher_is_better=True,
+                          verbose=self.verbose and leads(obj), callback=hook, metric=metric, higher_is_better=True,
                           label=f"BPR-MF (rank {f})")
         result = trainer.run(obj, opt, y, evaluate)
         self.params_ = bk.to_numpy(y) if bk.name == "numba" else np.array(bk.to_numpy(y), copy=True)

@@ -226,6 +226,7 @@ class LatentFactorModel(RatingRecommender):
                   regularizer=None):
         """One training run on ``train`` (early stopping on ``valid``); ``epochs`` and a fitted
         ``regularizer`` (whose learned state is kept fixed) are given by the refit."""
+        from ..dist import leads
         from ..optim.base import make_optimizer
         from ..train.trainer import Trainer
 
@@ -273,9 +274,9 @@ class LatentFactorModel(RatingRecommender):
                     callback(self, row)
 
         patience = self.patience if valid is not None else None
-        verbose = self.verbose and getattr(getattr(obj, "comm", None), "rank", 0) == 0
-        trainer = Trainer(epochs or plan["epochs"], patience, verbose=verbose, time_budget=plan["time_budget"],
-                          callback=hook, metric="rmse", label=f"latent factor model (rank {self.rank})")
+        trainer = Trainer(epochs or plan["epochs"], patience, verbose=self.verbose and leads(obj),
+                          time_budget=plan["time_budget"], callback=hook, metric="rmse",
+                          label=f"latent factor model (rank {self.rank})")
         result = trainer.run(obj, opt, y, evaluate)
         self.params_ = self._to_raw(bk.to_numpy(y))
         if sampler:

@@ -76,31 +76,28 @@ class DistributedLFObjective(LFObjective):
         """Sum ``x`` over processes in place (a flat vector on the backend)."""
         return self.comm.allreduce_(x)
 
-    def _own_only(self, x, users: bool, items: bool):
-        """Zero, in the flat vector ``x``, the rows this process does not own (users and/or items)."""
+    def _own_only(self, x, users=None, items=None):
+        """Zero, in the flat vector ``x``, the user rows outside ``users`` and the item rows outside
+        ``items`` (index ranges ``(lo, hi)``; None leaves that side as it is)."""
         bu, bi, P, Q = self.unpack(x)
-        (u0, u1), (i0, i1) = self.user_range, self.item_range
-        if users:
-            P[:u0] = 0.0
-            P[u1:] = 0.0
-            if self.use_bias:
-                bu[:u0] = 0.0
-                bu[u1:] = 0.0
-        if items:
-            Q[:i0] = 0.0
-            Q[i1:] = 0.0
-            if self.use_bias:
-                bi[:i0] = 0.0
-                bi[i1:] = 0.0
+        for rows, parts in ((users, (P, bu)), (items, (Q, bi))):
+            if rows is None:
+                continue
+            lo, hi = rows
+            for a in parts:
+                if a.size:
+                    a[:lo] = 0.0
+                    a[hi:] = 0.0
 
-    def _reduce_rows(self, y, users: bool, items: bool):
-        """Every process keeps only its own rows of users/items, then the sum restores all."""
+    def _reduce_rows(self, y, users=None, items=None):
+        """Every process keeps only the rows of ``users`` / ``items`` (the ranges it updated), then
+        the sum over processes gives every process all of them."""
         if self.comm.world == 1:
             return
         self._own_only(y, users, items)
         bu, bi, P, Q = self.unpack(y)
         for part, on in ((bu, users), (bi, items), (P, users), (Q, items)):
-            if on and part.size:
+            if on is not None and part.size:
                 self._reduce(part.reshape(-1))
 
     def agree(self, flag: bool) -> bool:
@@ -163,7 +160,7 @@ class DistributedLFObjective(LFObjective):
             self.kernels.block_solve(hu, rv, self.unpack(out))
             self.item_kernels.block_solve(hi, rv, self.unpack(part))
             out += part
-            self._own_only(out, users=True, items=True)
+            self._own_only(out, self.user_range, self.item_range)
             self._reduce(out)
             return out
 
@@ -173,9 +170,9 @@ class DistributedLFObjective(LFObjective):
         """Users of this process's block solved exactly, user rows exchanged, then items."""
         params = self.unpack(y)
         self.kernels.als_sweep(self.mu, params, self._w, sides=("u",))
-        self._reduce_rows(y, users=True, items=False)
+        self._reduce_rows(y, users=self.user_range)
         self.item_kernels.als_sweep(self.mu, params, self._w, sides=("i",))
-        self._reduce_rows(y, users=False, items=True)
+        self._reduce_rows(y, items=self.item_range)
 
     def batch_grad(self, y, batch, g, diag=None, scale: float | None = None) -> float:
         """The batch's entries of this process's users, summed over processes: the same
@@ -183,7 +180,7 @@ class DistributedLFObjective(LFObjective):
         if scale is None:
             scale = self.nnz / len(batch)
         be = self.backend
-        b = be.to_numpy(batch) if not isinstance(batch, np.ndarray) else batch
+        b = be.to_numpy(batch)
         mine = b[self._owned_mask[b]]
         local = be.index(np.searchsorted(self._owned_pos, mine))
         sse = self.kernels.batch_grad(self.mu, self.unpack(y), self._v, local, scale, self.unpack(g),
@@ -209,23 +206,10 @@ class DistributedLFObjective(LFObjective):
         for s in range(p):
             c = (r + s) % p
             sse += self.kernels.sgd_block(self.mu, self.unpack(y), lr, self._v, blocks[c])
-            self._reduce_item_block(y, c_of_rank=[(q + s) % p for q in range(p)])
-        self._reduce_rows(y, users=True, items=False)
+            # every item block was updated by one process: keep ours, the sum gives all
+            self._reduce_rows(y, items=(int(self.item_bounds[c]), int(self.item_bounds[c + 1])))
+        self._reduce_rows(y, users=self.user_range)
         return float(self.comm.allreduce_scalars([sse])[0]) / self.nnz
-
-    def _reduce_item_block(self, y, c_of_rank):
-        """After a DSGD sub-epoch: the item rows of the block this process updated survive,
-        the others are zeroed, and the sum gives every process every updated row."""
-        c = c_of_rank[self.comm.rank]
-        i0, i1 = int(self.item_bounds[c]), int(self.item_bounds[c + 1])
-        _, bi, _, Q = self.unpack(y)
-        Q[:i0] = 0.0
-        Q[i1:] = 0.0
-        if self.use_bias:
-            bi[:i0] = 0.0
-            bi[i1:] = 0.0
-            self._reduce(bi)
-        self._reduce(Q.reshape(-1))
 
     def _dsgd_blocks(self):
         """This process's entries split by item block (positions into its user part)."""
