@@ -254,7 +254,7 @@ def test_noise_dof_subtracts_the_hat_traces_of_the_sweep(noise):
     data = lfopt.synthetic(n_users=40, n_items=30, nnz=500, seed=3)
     obj = LFObjective(data, 4, lam=0.05)
     y = obj.init_params(0.1, 0)
-    opt = GibbsSampler(burn_in=0, noise=noise, seed=1)
+    opt = GibbsSampler(burn_in=0, noise=noise, df_every=1, seed=1)
     for e in range(1, 4):
         info = opt.epoch(obj, y, e)
     st = opt._st
@@ -272,6 +272,46 @@ def test_noise_dof_subtracts_the_hat_traces_of_the_sweep(noise):
     b = np.random.default_rng(5).gamma((1 + data.nnz - df) / 2, 2 / (1 + st["sse"]))
     assert a == pytest.approx(b, rel=1e-12)
     assert noise_shape(100, 30.0) == 35.5 and noise_shape(100, 500.0) == 0.5
+
+
+def test_df_every_holds_df_between_its_sweeps():
+    """With df_every=k the df of sweep 0, k, 2k... is the one the draws use until the next; those
+    sweeps compute exactly what df_every=1 computes from the same state."""
+    data = lfopt.synthetic(n_users=40, n_items=30, nnz=500, seed=3)
+    obj = LFObjective(data, 4, lam=0.05)
+    y = obj.init_params(0.1, 0)
+    opt = GibbsSampler(burn_in=0, noise="dof-sample", df_every=3, seed=1)
+    dfs = [opt.epoch(obj, y, e)["df"] for e in range(1, 8)]
+    assert dfs[0] == dfs[1] == dfs[2] and dfs[3] == dfs[4] == dfs[5]
+    assert dfs[3] != dfs[0] and dfs[6] != dfs[3]
+    # sweep 6 recomputed df from its own conditionals
+    st = opt._st
+    ti1, ti2 = _hat_traces(data, st["P"], None, st["prec_i"], st["alpha"], True)
+    assert st["df_i"][:, 0].sum() == pytest.approx(ti1, rel=1e-5)
+    assert st["df_i"][:, 1].sum() == pytest.approx(ti2, rel=1e-5)
+    with pytest.raises(ConfigError, match="df_every"):
+        GibbsSampler(df_every=0)
+
+
+@pytest.mark.parametrize("shape, rank, expect", [((60, 50, 600), 4, "dof-sample"),
+                                                  ((60, 50, 1100), 4, "dof-sample"),
+                                                  ((60, 50, 1101), 4, "gibbs"),
+                                                  ((60, 50, 1500), 4, "gibbs")])
+def test_auto_noise_follows_the_parameter_count(shape, rank, expect):
+    """noise="auto" (the default) corrects the draw when (m + n)(f + 1) >= |K| / 2: 110 rows x 5 =
+    550 parameters: up to 1100 ratings."""
+    from lfopt.optim.gibbs import resolve_noise
+
+    m, n, nnz = shape
+    assert resolve_noise("auto", m, n, rank, nnz) == expect
+    assert resolve_noise("gibbs", m, n, rank, nnz) == "gibbs"
+    data = lfopt.synthetic(n_users=m, n_items=n, nnz=nnz, seed=3)
+    obj = LFObjective(data, rank, lam=0.05)
+    y = obj.init_params(0.1, 0)
+    opt = GibbsSampler(burn_in=0, seed=1)
+    assert opt.noise == "auto" and opt.noise_ is None
+    info = opt.epoch(obj, y, 1)
+    assert opt.noise_ == expect and (("df" in info) == (expect != "gibbs"))
 
 
 def test_noise_dof_lowers_alpha_where_parameters_abound():

@@ -42,7 +42,7 @@ alpha Z_u A_u^-1 Z_u^T the row's hat matrix given the other side.  Neither is th
 conditional: the chain samples a modified posterior.  Test RMSE at 200 / 600 / 1000 sweeps
 (random 90/10 seed 42, Douban fixed; "-": not run):
 
-    dataset, rank      gibbs (default)          dof                      dof-sample
+    dataset, rank      gibbs                    dof                      dof-sample
     Amazon 10          .9282 / .9400 / .9434    .9280 / .9269 / -        .9269 / .9310 / -
     Amazon 32          .9294 / .9423 / .9470    .9273 / .9270 / .9270    .9268 / .9285 / -
     Douban 10          .7282 / .7297 / .7308    .7282 / .7277 / -        .7276 / .7272 / -
@@ -53,9 +53,15 @@ conditional: the chain samples a modified posterior.  Test RMSE at 200 / 600 / 1
 
 (ML-1M seed 1: .8294 / .8285 against .8304 / .8293.)  ``"dof"`` removes the drift,
 ``"dof-sample"`` mostly (and is the best on ML-100K and Douban), but both cost dense
-data at the ~200 sweeps a 20 s budget gives ML-1M (0.0035 and 0.0010), and
-``"dof-sample"`` costs 7-35 % more time a sweep at rank 32 (``"dof"`` a few %), so the
-default stays ``"gibbs"``.
+data at the ~200 sweeps a 20 s budget gives ML-1M (0.0035 and 0.0010).  Computing df
+costs 30-60 % of a sweep at rank 32; it moves slowly, so it is computed every
+``df_every`` (10) sweeps.  The default ``noise="auto"`` follows the parameter count:
+"dof-sample" when (m + n)(f + 1) >= |K| / 2, the exact draw below (:func:`resolve_noise`).
+Rank 32, ``LatentFactorModel(preset="accurate", time_budget=20)``, one run each on the
+shared 2-core machine (sweeps in brackets), exact draw against dof-sample every 10 sweeps:
+Amazon .9349 (314) / .9275 (365), Douban .7301 (511) / .7276 (563), ML-100K .8845 (882) /
+.8808 (946), Yelp 1.0085 (120) / 1.0089 (122), ML-1M .8299 (183) / .8302 (205); "auto"
+picks the second on all but ML-1M.
 
 One sweep draws alpha given the residuals, the hyper-parameters of each side given
 its rows (cheap, numpy), then every user row (b_u, p_u) jointly given Q and b_i,
@@ -83,7 +89,24 @@ from .base import Optimizer, register
 PRIORS = ("normal-gamma", "normal-wishart")
 _N_CHUNKS = 128  # fixed work partition of the rows: results do not depend on the thread count
 _NONE0 = np.empty((0, 2))
-NOISE = ("dof", "dof-sample", "gibbs")
+NOISE = ("auto", "dof", "dof-sample", "gibbs")
+#: ``noise="auto"`` corrects alpha's draw ("dof-sample") when the model has at least this many
+#: parameters per training rating, (m + n)(f + 1) >= AUTO_DOF_RATIO |K|, and leaves it exact below
+AUTO_DOF_RATIO = 0.5
+
+
+def resolve_noise(noise: str, m: int, n: int, f: int, nnz: int) -> str:
+    """The noise draw ``noise="auto"`` stands for on an m x n set with ``nnz`` ratings at rank f.
+
+    The plain conditional of alpha counts |K| residuals as if no parameter had been fitted to
+    them; the error is df / |K|, and df <= (m + n)(f + 1).  Where the parameters are a small part
+    of |K| (ML-1M rank 32: 0.36) the exact draw is kept (the correction cost ~0.001 RMSE at
+    200 sweeps there), where they are not (ML-100K 0.96, Douban 1.6, Amazon 1.7, Yelp 5.6) the
+    chain drifts without it (benchmarks/results/gibbs_drift.md) and "dof-sample" is used.
+    """
+    if noise != "auto":
+        return noise
+    return "dof-sample" if (m + n) * (f + 1) >= AUTO_DOF_RATIO * nnz else "gibbs"
 
 
 def _count(name, value, minimum):
@@ -336,12 +359,20 @@ class GibbsSampler(Optimizer):
         of the users' draws: the same posterior mean with less Monte-Carlo noise
         (ML-1M rank 32, validation RMSE after 25 / 50 / 100 samples: 0.8394 / 0.8386 /
         0.8376 against 0.8414 / 0.8398 / 0.8381 without).
-    noise : how alpha is drawn: ``"gibbs"`` (the default) its exact conditional
+    noise : how alpha is drawn: ``"auto"`` (the default) is ``"dof-sample"`` when the model
+        has at least half as many parameters as training ratings, (m + n)(f + 1) >= |K| / 2,
+        else ``"gibbs"`` (:func:`resolve_noise`; the resolved value is ``noise_``);
+        ``"gibbs"`` is alpha's exact conditional
         Gamma((1 + |K|)/2, rate (1 + SSE)/2); ``"dof"`` with |K| less the effective number
         of parameters df = sum tr(H_row) of the previous sweep (no drift on small sparse
         sets, slower on dense ones; see the module docstring for the rule and the
         numbers); ``"dof-sample"`` with |K| less sum (tr(H) - tr(H^2)).  Computing df
         costs g more triangular solves and a g x g Gram per row.
+    df_every : with ``noise`` "dof" or "dof-sample", df is computed in every
+        ``df_every``-th sweep (and in the first) and the last value used in between.
+        What the draw uses is |K| - df, which moves slowly: Amazon rank 32, df grows
+        from 1.7K to 18K over 200 sweeps, by at most 1.5K in 10, < 1 % of |K| - df
+        (test RMSE 0.9268 at 200 sweeps with df_every 1 and 10; 14.4 s against 11.0 s).
     seed : seeds every draw; the chain is the same whatever the thread count.
 
     ``epoch`` writes the current sample into ``y`` and returns ``alpha`` (the
@@ -360,7 +391,7 @@ class GibbsSampler(Optimizer):
 
     def __init__(self, burn_in: int = 20, prior: str = "normal-wishart", warm_start: int = 0, thin: int = 1,
                  max_samples: int = 200, warm_lambda: float | None = None, rao_blackwell: bool = True,
-                 noise: str = "gibbs", seed: int = 0):
+                 noise: str = "auto", df_every: int = 10, seed: int = 0):
         super().__init__(seed)
         self.burn_in = _count("burn_in", burn_in, 0)
         if not isinstance(prior, str) or prior.lower() not in PRIORS:
@@ -379,6 +410,8 @@ class GibbsSampler(Optimizer):
         if not isinstance(noise, str) or noise.lower() not in NOISE:
             raise ConfigError(f"noise must be one of {', '.join(NOISE)}, got {noise!r}")
         self.noise = noise.lower()
+        self.df_every = _count("df_every", df_every, 1)
+        self.noise_ = None if self.noise == "auto" else self.noise
         self._st = None
         self._samples = None
 
@@ -408,11 +441,12 @@ class GibbsSampler(Optimizer):
         use_bias = bool(obj.use_bias)
         csr, csc = train.csr, train.csc
         mu = np.float32(obj.mu)
+        self.noise_ = resolve_noise(self.noise, m, n, f, train.nnz)
         st = dict(m=m, n=n, f=f, g=f + 1 if use_bias else f, use_bias=use_bias, mu=mu, csr=csr, csc=csc, nnz=train.nnz,
                   bu=bu, bi=bi, P=P, Q=Q, sweep=0, alpha=None, sse=None,
                   sse_u=np.zeros(_N_CHUNKS), sse_i=np.zeros(_N_CHUNKS), df=0.0,
-                  df_u=np.zeros((_N_CHUNKS, 1 + (self.noise == "dof-sample"))),
-                  df_i=np.zeros((_N_CHUNKS, 1 + (self.noise == "dof-sample"))),
+                  df_u=np.zeros((_N_CHUNKS, 1 + (self.noise_ == "dof-sample"))),
+                  df_i=np.zeros((_N_CHUNKS, 1 + (self.noise_ == "dof-sample"))),
                   hyper={"P": np.zeros(f), "Q": np.zeros(f), "bu": np.zeros(1), "bi": np.zeros(1)})
         if self.warm_start:
             st["warm"] = self._warm_ridge(obj, train, use_bias)
@@ -475,7 +509,9 @@ class GibbsSampler(Optimizer):
         if rb and "Pm" not in st:
             st["Pm"], st["bum"] = np.empty_like(st["P"]), np.empty_like(st["bu"])
         none2, none1 = np.empty((0, st["f"]), np.float32), np.empty(0, np.float32)
-        if self.noise != "gibbs":
+        gibbs_index = sweep - self.warm_start
+        want_df = self.noise_ != "gibbs" and gibbs_index % self.df_every == 0
+        if want_df:
             chol_u, chol_i = np.linalg.cholesky(prec_u), np.linalg.cholesky(prec_i)
             df_u, df_i = st["df_u"], st["df_i"]
         else:
@@ -492,9 +528,9 @@ class GibbsSampler(Optimizer):
         if keep and not rb:
             self._samples.offer(st["bu"], st["bi"], st["P"], st["Q"], epoch)
         st["sse"] = float(st["sse_i"].sum())
-        if self.noise != "gibbs":
+        if want_df:
             tr = st["df_u"].sum(axis=0) + st["df_i"].sum(axis=0)  # sum tr(H) (, sum tr(H^2))
-            st["df"] = float(tr[0] if self.noise == "dof" else tr[0] - tr[1])
+            st["df"] = float(tr[0] if self.noise_ == "dof" else tr[0] - tr[1])
 
     def _draw_alpha(self, rng, st) -> float:
         """The noise precision given the current residuals: Gamma((a0 + |K| - df)/2, rate (b0 + SSE)/2),
@@ -536,7 +572,7 @@ class GibbsSampler(Optimizer):
             after = st["sweep"] - self.warm_start - self.burn_in
             self._gibbs_sweep(st, after >= 0 and after % self.thin == 0, epoch)
             info = {"sampling": 1, "kept": self.kept, "alpha": st["alpha"]}
-            if self.noise != "gibbs":
+            if self.noise_ != "gibbs":
                 info["df"] = st["df"]
         st["sweep"] += 1
         _write(obj, y, st)
