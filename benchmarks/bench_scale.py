@@ -77,8 +77,10 @@ def train_one(nnz: int, users: int, items: int, seed: int, optimizer: str, rank:
     import lfopt
 
     # "adam" is full batch here; "adam-auto" its default mini-batches (batch_size="auto": 8192 at 100M
-    # ratings, ~12K steps, each with a dense moment update of all (m + n)(f + 1) parameters)
-    opts = {"adam": {"batch_size": 0, "lr": 0.01}, "adam-auto": {"batch_size": "auto"}}.get(optimizer, {})
+    # ratings, ~12K steps; lazy="auto" makes them row-sparse at this size), "adam-dense" the same
+    # batches with a dense moment update of all (m + n)(f + 1) parameters each step
+    opts = {"adam": {"batch_size": 0, "lr": 0.01}, "adam-auto": {"batch_size": "auto"},
+            "adam-dense": {"batch_size": "auto", "lazy": False}}.get(optimizer, {})
     optimizer = optimizer.split("-")[0]
     tiny = lfopt.synthetic(n_users=60, n_items=50, nnz=1500, seed=0)
     lfopt.LatentFactorModel(rank=4, optimizer=optimizer, epochs=2, validation=None, refit=False, **opts).fit(tiny)

@@ -12,7 +12,9 @@ numba or torch: they call the backend they were given.  A backend offers
   which own the data in the backend's memory and compute the model's oracles.
 
 Optional vector operations: ``weighted_dot(w, a, b)`` (sum w a b, float64; objectives fall
-back to ``dot(w * a, b)`` without it).
+back to ``dot(w * a, b)`` without it); ``moment_update_segments(y, g, d, m, s, (starts,
+lengths), ..., d_add)`` (``moment_update`` on those segments only: lazy Adam; needed where a
+kernel set has ``has_batch_rows``).
 
 LF kernel set
 -------------
@@ -45,6 +47,9 @@ grad, diag=None) -> sse``                       the entries ``batch`` (positions
                                                 Interactions' order, a backend index array) of
                                                 -e dr/dy + v y (and of (dr/dy)^2 + v); zeroed by
                                                 the callee; returns the batch's sum e^2
+``batch_grad_rows(mu, params, v, batch,         ``batch_grad`` written only on the rows the batch
+scale, grad, diag=None) -> (sse, users,         touches (zeroed first; other rows untouched);
+items)``                                        returns them sorted; only when ``has_batch_rows``
 ``als_sweep(mu, params, w)``                    exact ridge solves of all users, then all items;
                                                 a row with factor weight 0 uses 1e-6 n_u instead
                                                 (its normal matrix may be singular); rows

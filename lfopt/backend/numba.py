@@ -86,6 +86,15 @@ class NumbaBackend:
         f32 = np.float32
         V.adaptive_moment_update(y, g, d, m, s, f32(lr), f32(beta1), f32(beta2), f32(eps), f32(bc1), f32(bc2))
 
+    def moment_update_segments(self, y, g, d, m, s, segments, lr, beta1, beta2, eps, bc1, bc2,
+                               d_add: float = 0.0) -> None:
+        """:meth:`moment_update` on the entries of ``segments = (starts, lengths)`` only, with
+        second-moment source ``d + d_add`` (the lazy step of a row-sparse mini-batch)."""
+        f32 = np.float32
+        starts, lengths = segments
+        V.adaptive_moment_update_segments(y, g, d, m, s, starts, lengths, f32(lr), f32(beta1), f32(beta2),
+                                          f32(eps), f32(bc1), f32(bc2), f32(d_add))
+
     def permutation(self, rng: np.random.Generator, n: int):
         return rng.permutation(n)
 
@@ -132,6 +141,7 @@ class NumbaLFKernels:
     """
 
     has_sgd_epoch = True
+    has_batch_rows = True
 
     def __init__(self, train, use_bias: bool, n_blocks: int | None = None):
         self.train = train
@@ -385,6 +395,26 @@ class NumbaLFKernels:
         return float(K.sgd_epoch(lay["rows"], lay["cols"], lay["vals"], lay["ptr"], lay["nb"], perm,
                                  bool(reshuffle), np.uint64(seed), np.float32(mu), bu, bi, P, Q, np.float32(lr),
                                  *self._per_visit(v), self.use_bias))
+
+    def batch_grad_rows(self, mu, params, v, batch, scale, grad, diag=None):
+        """:meth:`batch_grad` written only on the rows the batch touches: returns ``(sse, users,
+        items)``, the sorted distinct rows; those rows of ``grad`` (``diag``) are zeroed and
+        filled, every other row is left as it is.  O(|B| f): no pass over the whole vector."""
+        t = self.train
+        b = np.asarray(batch)
+        users, items = np.unique(t.users[b]), np.unique(t.items[b])
+        outs = (grad,) if diag is None else (grad, diag)
+        for bu_, bi_, P_, Q_ in outs:
+            if bu_.size:
+                bu_[users] = 0.0
+                bi_[items] = 0.0
+            P_[users] = 0.0
+            Q_[items] = 0.0
+        bu, bi, P, Q = params
+        want = diag is not None
+        sse = K.batch_grad_diag(t.users, t.items, t.values, b, np.float32(mu), bu, bi, P, Q, *self._per_visit(v),
+                                self.use_bias, np.float32(scale), want, *grad, *(diag if want else grad))
+        return float(sse), users, items
 
     def batch_grad(self, mu, params, v, batch, scale, grad, diag=None) -> float:
         for a in grad:

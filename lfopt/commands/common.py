@@ -325,7 +325,7 @@ PARAM_FLAGS = {
     "test_fraction": "--test-fraction", "use_bias": "--no-bias", "noise_std": "--noise", "n_users": "--n-users",
     "n_items": "--n-items", "cg_steps": "--cg-steps", "lam_lr": "--lambda-lr", "lam_bias": "--lambda-bias",
     "valid_batch_size": "--valid-batch-size", "lambda_holdout": "--lambda-holdout", "lam_scaling": "--lambda-scaling",
-    "k_core": "--k-core",
+    "k_core": "--k-core", "lazy": "--lazy",
     # ordinary words: replaced only as the subject of a message ("rank must be ...", "rho=...")
     "rank": "--rank", "epochs": "--epochs", "patience": "--patience", "seed": "--seed", "damping": "--damping",
     "decay": "--decay", "rho": "--rho", "validation": "--valid-fraction", "granularity": "--granularity",

@@ -33,12 +33,21 @@ from .common import (add_backend_options, add_data_options, add_output_options, 
 OPTIMIZERS = ("sgd", "adam", "als", "adago", "slf", "sslf", "gibbs")
 DEFAULT_TEST_FRACTION = 0.1
 
+def _lazy(value: str):
+    v = value.strip().lower()
+    if v not in ("on", "off", "auto"):
+        raise argparse.ArgumentTypeError(f"--lazy takes on, off or auto, got {value!r}")
+    return {"on": True, "off": False}.get(v, "auto")
+
+
 # per-optimizer options exposed on the command line: (flag, dest, type, help)
 OPTIMIZER_FLAGS = [
     ("--lr", "lr", float, "learning rate (sgd, adam, adago)"),
     ("--decay", "decay", float, "sgd: multiply lr by this after every epoch"),
     ("--batch-size", "batch_size", int, "adam/adago: entries per mini-batch (0 = full batch; default: |K|/100 within "
      "[256, 8192]); sgd: per mini-batch when it cannot run its fused per-entry epoch (torch backend, --rho)"),
+    ("--lazy", "lazy", _lazy, "adam/adago mini-batches: update only the rows a batch touches (on), "
+     "never (off), or when the parameters dwarf a batch (auto, the default: large data)"),
     ("--damping", "damping", float, "adago: damping a added to the GN diagonal; slf/sslf: initial LM damping"),
     ("--cg-iters", "cg_iters", int, "slf/sslf: at most this many CG iterations per step"),
     ("--cg-tol", "cg_tol", float, "slf/sslf: relative residual at which CG stops"),

@@ -28,6 +28,26 @@ def adaptive_moment_update(y, g, d, m, s, lr, beta1, beta2, eps, bc1, bc2):
         y[k] -= lr * (mk / bc1) / (np.sqrt(sk / bc2) + eps)
 
 
+@njit(parallel=True, cache=True, fastmath=False, nogil=True)
+def adaptive_moment_update_segments(y, g, d, m, s, starts, lengths, lr, beta1, beta2, eps, bc1, bc2, d_add):
+    """:func:`adaptive_moment_update` on the entries ``starts[j] <= k < starts[j] + lengths[j]``
+    only (the lazy, row-sparse step: the rows a mini-batch touched), with second-moment
+    source ``d[k] + d_add``; every other entry of y, m, s is left as it is.  The same
+    arithmetic as the dense kernel entry by entry (strict IEEE), so segments covering the
+    whole vector give its result bit for bit.  Segments must not overlap.
+    """
+    one = np.float32(1.0)
+    for j in prange(starts.shape[0]):
+        k0 = starts[j]
+        for k in range(k0, k0 + lengths[j]):
+            dk = d[k] + d_add
+            mk = beta1 * m[k] + (one - beta1) * g[k]
+            sk = beta2 * s[k] + (one - beta2) * dk * dk
+            m[k] = mk
+            s[k] = sk
+            y[k] -= lr * (mk / bc1) / (np.sqrt(sk / bc2) + eps)
+
+
 @njit(parallel=True, **_JIT)
 def dot(a, b):
     """float64 accumulation of a . b."""

@@ -13,6 +13,9 @@ capability             oracle
 ``gn_product``         ``gvp(y, v, out)``: Gauss-Newton product G(y) v
 ``gn_diagonal``        ``gn_diag(y, out)``: the exact diagonal of G(y)
 ``minibatch``          ``batch_grad(y, batch, g, diag=None) -> sse`` over entries
+``sparse_minibatch``   ``batch_grad_rows(y, batch, g, diag=None) -> (sse, segments)``:
+                       the same, written only on ``segments = (starts, lengths)``
+                       of ``y`` (the rows the batch touches; the rest of g is stale)
 ``line_polynomial``    ``step_polynomial(y, d)``: L(y + t d) is a polynomial in t
 ``row_blocks``         ``block_preconditioner(y, shift, scale)``: per-row GN blocks
 ``sgd_epoch``          fused per-entry SGD epoch (a registered fast path)
@@ -35,7 +38,8 @@ import numpy as np
 
 from ..errors import ConfigError
 
-CAPABILITIES = ("loss", "gradient", "gn_product", "gn_diagonal", "minibatch", "line_polynomial", "row_blocks",
+CAPABILITIES = ("loss", "gradient", "gn_product", "gn_diagonal", "minibatch", "sparse_minibatch", "line_polynomial",
+                "row_blocks",
                 "sgd_epoch", "als_sweep", "bpr_epoch")
 
 

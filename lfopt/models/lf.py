@@ -91,6 +91,8 @@ class LFObjective(Objective):
         caps = set(LF_CAPABILITIES)
         if getattr(self.kernels, "has_sgd_epoch", False):
             caps.add("sgd_epoch")
+        if getattr(self.kernels, "has_batch_rows", False):
+            caps.add("sparse_minibatch")
         self.capabilities = frozenset(caps)
         self.last_sse = float("nan")  # sum of squared residuals at the last loss() / loss_grad() call
         self._counts = (train.user_counts(), train.item_counts())
@@ -242,6 +244,29 @@ class LFObjective(Objective):
             scale = self.nnz / len(batch)
         return self.kernels.batch_grad(self.mu, self.unpack(y), self._v, batch, scale, self.unpack(g),
                                        None if diag is None else self.unpack(diag))
+
+    def batch_grad_rows(self, y, batch, g, diag=None, scale: float | None = None):
+        """:meth:`batch_grad` written only on the rows the batch touches, in O(|B| f).
+
+        Returns ``(sse, (starts, lengths))``: the segments of the flat vector that hold the
+        batch's users' (b_u, P rows) and items' (b_i, Q rows) entries; g (diag) is exact
+        there and left as it was everywhere else (what a lazy, row-sparse step reads).
+        """
+        if "sparse_minibatch" not in self.capabilities:
+            self.require(("sparse_minibatch",), by="batch_grad_rows()")
+        if scale is None:
+            scale = self.nnz / len(batch)
+        sse, users, items = self.kernels.batch_grad_rows(self.mu, self.unpack(y), self._v, batch, scale,
+                                                         self.unpack(g), None if diag is None else self.unpack(diag))
+        lay, f = self.layout, self.f
+        starts, lengths = [], []
+        blocks = (("P", users, f), ("Q", items, f))
+        if self.use_bias:
+            blocks += (("b_u", users, 1), ("b_i", items, 1))
+        for name, rows, width in blocks:
+            starts.append(lay.offset(name) + rows.astype(np.int64) * width)
+            lengths.append(np.full(len(rows), width, dtype=np.int64))
+        return sse, (np.concatenate(starts), np.concatenate(lengths))
 
     def als_sweep(self, y) -> None:
         """One ALS epoch: exact update of all users, then of all items (in place)."""

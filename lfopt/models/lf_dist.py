@@ -69,6 +69,8 @@ class DistributedLFObjective(LFObjective):
         self.set_row_weights(*reg.row_weights(uc, ic), visits=visits)
         be = self.backend
         self._w0 = tuple(be.asarray(np.zeros(k, dtype=np.float32)) for k in (self.m, self.n, self.m, self.n))
+        # a row-sparse batch step would update only this process's rows: Adam runs dense here
+        self.capabilities = self.capabilities - {"sparse_minibatch"}
         self._dsgd = None
 
     # ------------------------------------------------------------- helpers

@@ -43,7 +43,8 @@ class SharpnessAwareView(Objective):
         self.obj = obj
         self.rho = float(rho)
         self.backend = obj.backend
-        self.capabilities = frozenset(obj.capabilities) - (FUSED if self.rho > 0 else frozenset())
+        # the fused paths and the row-sparse batch oracle would step at x, not at x + eps
+        self.capabilities = frozenset(obj.capabilities) - (FUSED | {"sparse_minibatch"} if self.rho > 0 else frozenset())
         self.name = f"sharpness-aware {obj.name}"
         self._eps = None  # None: no perturbation (rho = 0, or a zero gradient)
         self._eps_buf = None
