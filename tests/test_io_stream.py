@@ -316,3 +316,46 @@ def test_id_map_grows_and_sorts_like_unique():
     big = lio._IdMap()
     big.map(np.array([2**64 - 1, 3, 2**63], dtype=np.uint64), np.empty(3, dtype=np.int32))
     assert big.sorted_ids()[0].tolist() == [3, 2**63, 2**64 - 1]
+
+
+STRING_IDS = [
+    ("x.tsv", "".join(f"{u} {i} {1 + (u + i) % 5}\n" for u in range(40) for i in range(3))
+     + "u7 1 4\n3 b12 2\nu7 b12 5\n", {}),  # integers first, text in a late piece: both columns
+    ("x.csv", "user,item,stars\n" + "".join(f"A{u:03d}X,B{i},{(u * i) % 5 + 1}\n" for u in range(30) for i in range(4)),
+     {}),
+    ("x.csv", "a,b,c\n" + "".join(f"{(u * i) % 5 + 1},{i},{u}\n" for u in range(30) for i in range(4))
+     + "3,i9,zed\n", {"columns": {"user": 2, "item": 1, "rating": 0}}),  # positions on a header file
+    ("x.tsv", "".join(f"{u} {i} 4\n" for u in range(30) for i in ("x", "y")) + "5 x 4\n", {"duplicates": "mean"}),
+]
+
+
+@pytest.mark.parametrize("name, content, kwargs", STRING_IDS, ids=[str(k) for k in range(len(STRING_IDS))])
+def test_string_ids_are_read_in_pieces(write, monkeypatch, name, content, kwargs):
+    """A column with text anywhere is text for the whole file: the piecewise reader starts again with
+    it read as text (never the whole file at once) and gives the whole-file reader's data."""
+    path = write(name, content)
+    ref = check_parity(path, chunks=(13, 64, 500), **kwargs)
+    assert ref[0] == "ok", ref[1]
+    assert ref[1].user_ids.dtype.kind == "U" or ref[1].item_ids.dtype.kind == "U"
+    runs = []
+    chunked = lio._load_text_chunked
+
+    def spy(*args):
+        runs.append(args[-1])
+        return chunked(*args)
+
+    def never(path):
+        raise AssertionError("the whole file was read")
+
+    monkeypatch.setattr(lio, "_load_text_chunked", spy)
+    monkeypatch.setattr(lio, "_read_bytes", never)
+    data = lfopt.load_data(path, chunk_bytes=64, **kwargs)
+    assert_same_data(data, ref[1])
+    assert runs[0] is None and len(runs) >= 2  # read again with the text columns as text
+    assert set(runs[-1]) == {f for f in ("user", "item") if getattr(ref[1], f + "_ids").dtype.kind == "U"}
+
+
+def test_leading_zero_ids_still_read_whole(write, monkeypatch):
+    path = write("x.tsv", "".join(f"{u} {i} 4\n" for u in range(1, 30) for i in range(3)) + "007 1 5\n")
+    ref = check_parity(path, chunks=(64,))
+    assert ref[0] == "ok" and "007" in ref[1].user_ids.tolist() and "7" in ref[1].user_ids.tolist()

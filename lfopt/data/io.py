@@ -28,7 +28,8 @@ memory stays near the final arrays (20 bytes per rating with times, 12
 without) instead of several times the text, with the same result, ID maps,
 warnings and errors as reading them whole (see :func:`_load_text_chunked`);
 100M lines of an ML-25M-like ``ratings.csv`` load on a 24 GB box
-(``benchmarks/bench_load.py``, ``benchmarks/results/load.md``).
+(``benchmarks/bench_load.py``, ``benchmarks/results/load.md``).  Text IDs
+(``"u7"``) are mapped through a dict of the distinct IDs, piece by piece too.
 
 Checks made at load time (each one a clear message, nothing silently changed):
 
@@ -157,8 +158,9 @@ def load(path, format: str | None = None, *, columns=None, duplicates: str = "er
         problems may have another one reported first: the chunked reader reports
         the first it meets by line; a column mixing integers and decimals may
         show a bad value as written, ``20000000000000000``, where the whole-file
-        reader shows ``2e+16``).  Files whose IDs are text (``"u7"``, ``"007"``)
-        are read whole.
+        reader shows ``2e+16``).  A column of text IDs (``"u7"``) makes the pieces
+        start again with that column read as text (the file is read up to three
+        times, never whole); integer IDs with leading zeros (``"007"``) are read whole.
 
     For Monti files the returned data carries its fixed split in
     ``data.meta["test_mask"]`` (see :func:`lfopt.data.split.fixed_split`).
@@ -187,8 +189,13 @@ def load(path, format: str | None = None, *, columns=None, duplicates: str = "er
         raise ConfigError(f"chunk_bytes must be a whole number of bytes >= 0 (0: read the file whole), "
                           f"got {chunk_bytes!r}")
     if fmt in _TEXT_FORMATS and chunk_bytes and _file_size(path) > chunk_bytes:
+        text_labels = None
         try:
-            return _load_text_chunked(path, fmt, columns, duplicates, implicit, int(chunk_bytes))
+            for _ in range(3):  # the user column, then the item column, may turn out to hold text
+                try:
+                    return _load_text_chunked(path, fmt, columns, duplicates, implicit, int(chunk_bytes), text_labels)
+                except _TextIds as again:
+                    text_labels = again.labels
         except _ReadWhole:
             pass  # something only the whole-file reading decides exactly (see _load_text_chunked)
     if fmt == "parquet":
@@ -496,12 +503,13 @@ def _not_utf8(path: Path, raw: bytes, line_offset: int = 0) -> DataError | None:
 
 
 def _parse_text(path: Path, raw: bytes, sep: str, header: bool, original: bytes | None = None,
-                line_offset: int = 0) -> pd.DataFrame:
+                line_offset: int = 0, dtype: dict | None = None) -> pd.DataFrame:
     """``raw`` parsed by pandas' C engine, its errors as DataErrors naming the line of the file.
 
     ``original``: the bytes as in the file when ``raw`` was rewritten (``::`` to tab);
     ``line_offset``: lines of the file that lie before line 1 of ``raw`` (negative
-    when ``raw`` starts with lines copied from the file's head: see :func:`_load_text_chunked`).
+    when ``raw`` starts with lines copied from the file's head: see :func:`_load_text_chunked`);
+    ``dtype``: columns read as given (``{label: str}``: the text as written).
     """
     try:
         return pd.read_csv(
@@ -511,6 +519,7 @@ def _parse_text(path: Path, raw: bytes, sep: str, header: bool, original: bytes 
             engine="c",
             skip_blank_lines=False,
             comment=None,
+            dtype=dtype,
         )
     except pd.errors.ParserError as exc:
         m = _TOKENIZE.search(str(exc))
@@ -806,6 +815,16 @@ class _ReadWhole(Exception):
     """The chunked reader met something that only the whole-file reader decides exactly."""
 
 
+class _TextIds(Exception):
+    """An ID column holds text somewhere: read the file again with those columns as text.
+
+    ``labels``: ``{field: pandas column label}`` of every ID column known to hold text."""
+
+    def __init__(self, labels: dict):
+        super().__init__(labels)
+        self.labels = labels
+
+
 @dataclass(frozen=True)
 class _TextFormat:
     sep: str
@@ -980,6 +999,42 @@ class _IdMap:
         return ids, rank
 
 
+def _column_label(labels, col):
+    """The pandas label of column ``col`` (a name, or a position among ``labels``)."""
+    if col in labels or not isinstance(col, (int, np.integer)):
+        return col
+    return labels[int(col)]
+
+
+class _StrIdMap:
+    """String IDs to first-appearance indices, chunk by chunk (a dict of the distinct IDs)."""
+
+    def __init__(self):
+        self.index: dict = {}
+
+    def map(self, ids: np.ndarray, out: np.ndarray) -> None:
+        codes, uniq = pd.factorize(ids)
+        index = self.index
+        lut = np.empty(len(uniq), dtype=np.int32)
+        for k, key in enumerate(uniq.tolist()):
+            j = index.get(key)
+            if j is None:
+                j = index[key] = len(index)
+                if j >= 2**31 - 1:
+                    raise DataError("more than 2**31 - 1 distinct user or item IDs")
+            lut[k] = j
+        out[:] = lut[codes]
+
+    def sorted_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, rank)`` as :meth:`_IdMap.sorted_ids`: the IDs sorted as ``np.unique`` sorts strings."""
+        seen = np.array(list(self.index), dtype=str)
+        self.index = None
+        order = np.argsort(seen, kind="stable")
+        rank = np.empty(len(seen), dtype=np.int32)
+        rank[order] = np.arange(len(seen), dtype=np.int32)
+        return seen[order], rank
+
+
 @njit(cache=True, nogil=True)
 def _pairs_increasing(major, minor):
     """Whether the (major, minor) pairs strictly increase: sorted, and no pair repeated."""
@@ -1096,7 +1151,7 @@ class _ColumnWatch:
 
 
 def _load_text_chunked(path: Path, fmt: str, columns, duplicates: str, implicit: bool,
-                       chunk_bytes: int) -> Interactions:
+                       chunk_bytes: int, text_labels: dict | None = None) -> Interactions:
     """A delimited text file read, checked and indexed piece by piece (pieces of ``chunk_bytes``, cut at newlines).
 
     Memory: the growing typed arrays (int32 user and item indices, float32
@@ -1112,10 +1167,16 @@ def _load_text_chunked(path: Path, fmt: str, columns, duplicates: str, implicit:
     of ``np.unique`` (sorted IDs), and repeated (user, item) pairs are found,
     refused or combined as ``Interactions.from_arrays`` does.
 
+    String IDs (a column with a token that is not a number, ``"u7"``): the column is
+    text for the whole file, so the first piece that shows one raises
+    :class:`_TextIds` and the caller reads the file again with those columns parsed as
+    text (``text_labels``), every ID as written, mapped through a dict of the distinct
+    IDs (:class:`_StrIdMap`).
+
     Raises :class:`_ReadWhole` where only the whole file decides exactly: a
-    first line (or header) that is blank, IDs kept as text (``"u7"``, ``"007"``:
-    their column becomes strings for the whole file), and integer columns that
-    are floats in some lines and beyond 2**53 in others.
+    first line (or header) that is blank, integer IDs written with leading zeros
+    (``"007"``: the whole-file reader keeps the column as stripped text), and integer
+    columns that are floats in some lines and beyond 2**53 in others.
     """
     spec = _TEXT_FORMATS[fmt]
     if duplicates not in DUPLICATE_POLICIES:
@@ -1129,7 +1190,9 @@ def _load_text_chunked(path: Path, fmt: str, columns, duplicates: str, implicit:
     size = _file_size(path)
     head = cols = time_col = has_times = None
     users = items = values = times = None
-    user_map, item_map = _IdMap(), _IdMap()
+    text_labels = dict(text_labels or {})
+    dtype = {label: str for label in text_labels.values()} or None
+    user_map, item_map = (_StrIdMap() if f in text_labels else _IdMap() for f in ("user", "item"))
     watch = {"user": _ColumnWatch(), "item": _ColumnWatch(), "timestamp": _ColumnWatch()}
     pending_blank = None  # the line of a blank line not yet followed by data
     latest = None  # (value, row, as shown) of the largest 4th-column time
@@ -1156,7 +1219,7 @@ def _load_text_chunked(path: Path, fmt: str, columns, duplicates: str, implicit:
             raw, offset, drop, row_base = piece, lines_before - n_head, 1, lines_before - header_lines
         del piece
         text = raw.replace(b"::", b"\t") if spec.colons else raw
-        table = _parse_text(path, text, spec.sep, spec.header, raw, offset)
+        table = _parse_text(path, text, spec.sep, spec.header, raw, offset, dtype=dtype)
         if cols is None:
             if fmt in ("ml-20m", "ml-25m"):
                 cols = columns or _ML_CSV_COLUMNS
@@ -1166,6 +1229,7 @@ def _load_text_chunked(path: Path, fmt: str, columns, duplicates: str, implicit:
                 cols = _positional(table, columns, path)
             time_col = columns is None and spec.check_time and table.shape[1] == 4
             has_times = cols.get("timestamp") is not None
+            head_columns = table.columns
         if spec.text_ids and _has_leading_zero_field(text):
             kept = _keep_text_ids(table, text, cols, spec.sep, spec.header)
             if any(kept[c].dtype != table[c].dtype for c in table.columns):
@@ -1215,8 +1279,10 @@ def _load_text_chunked(path: Path, fmt: str, columns, duplicates: str, implicit:
                 watch[field].see(arrays[field])
         u = _as_id_array(arrays.pop("user"), "user", where)
         i = _as_id_array(arrays.pop("item"), "item", where)
-        if u.dtype.kind not in "iu" or i.dtype.kind not in "iu":
-            raise _ReadWhole  # string IDs: the whole column is text
+        found = {f: _column_label(head_columns, cols[f]) for f, a in (("user", u), ("item", i))
+                 if a.dtype.kind not in "iu" and f not in text_labels}
+        if found:  # string IDs: the whole column is text; read again with it as text from line 1
+            raise _TextIds({**text_labels, **found})
         v = None if implicit else arrays.pop("rating", None)
         t = arrays.pop("timestamp", None)
         if t is not None:
