@@ -335,3 +335,43 @@ def test_popularity_fold_in_excludes_the_users_items(tmp_path):
     assert not set(recs.tolist()) & set(top[:2].tolist())
     again = lfopt.load(model.save(tmp_path / "pop.npz"))
     assert np.array_equal(again.recommend(10**6, k=3)[0], recs)
+
+
+def test_keep_values_split_and_log_confidence():
+    """implicit_split(keep_values=True) makes the same split with the values kept; the log value
+    transform gives c = 1 + alpha log(1 + r) / mean(log(1 + r)), and on 0/1 data the same model."""
+    import lfopt
+    from lfopt.estimators.ials import ImplicitALS
+
+    rng = np.random.default_rng(0)
+    base = lfopt.synthetic(n_users=120, n_items=80, nnz=3000, seed=1)
+    counts = np.floor(np.exp(rng.normal(3, 1.5, base.nnz))).astype(np.float32) + 1
+    data = base.with_values(counts)
+    a = lfopt.implicit_split(data, k_core=3, seed=5)
+    b = lfopt.implicit_split(data, k_core=3, seed=5, keep_values=True)
+    for pa, pb in ((a.train, b.train), (a.valid, b.valid), (a.test, b.test)):
+        np.testing.assert_array_equal(pa.users, pb.users)
+        np.testing.assert_array_equal(pa.items, pb.items)
+        assert np.all(pa.values == 1.0)
+    lookup = {(u, i): v for u, i, v in zip(data.user_ids[data.users].tolist(), data.item_ids[data.items].tolist(),
+                                           data.values.tolist())}
+    kept = [lookup[(u, i)] for u, i in zip(b.train.user_ids[b.train.users].tolist(),
+                                          b.train.item_ids[b.train.items].tolist())]
+    np.testing.assert_array_equal(b.train.values, np.asarray(kept, dtype=np.float32))
+    assert b.info["keep_values"] is True and a.info["keep_values"] is False
+    with pytest.raises(ConfigError, match="keep_values"):
+        lfopt.implicit_split(data, keep_values="yes")
+
+    m = ImplicitALS(rank=4, epochs=2, value_transform="log", seed=0).fit(b)
+    r = b.train.values.astype(np.float64)
+    expect = 1.0 + 10.0 * np.log1p(r) / np.log1p(r).mean()
+    np.testing.assert_allclose(m.confidences(r), expect, rtol=1e-6)
+    lin = ImplicitALS(rank=4, epochs=2, seed=0).fit(b)
+    np.testing.assert_allclose(lin.confidences(r), 1.0 + 10.0 * r / r.mean(), rtol=1e-6)
+    # 0/1 data: the normalization makes both transforms the same model
+    m1 = ImplicitALS(rank=4, epochs=2, value_transform="log", seed=0).fit(a)
+    m2 = ImplicitALS(rank=4, epochs=2, seed=0).fit(a)
+    np.testing.assert_allclose(m1._factors()[0], m2._factors()[0], rtol=1e-5, atol=1e-6)
+    assert ImplicitALS(value_transform="log").get_params()["value_transform"] == "log"
+    with pytest.raises(ConfigError, match="value_transform"):
+        ImplicitALS(value_transform="sqrt")

@@ -151,3 +151,18 @@ def test_rank_user_owning_every_item_gets_a_clear_message(tmp_path, capsys):
     assert main(["rank", "--data", str(path), "--model", "ials", "--k-core", "3", "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "interacted with every one of the 5 items" in err
+
+
+def test_rank_ials_keep_values_and_log_transform(ratings_file, tmp_path, capsys):
+    """--keep-values passes the values to ials (the saved model's confidences follow them), and
+    --value-transform log is stored with the model; both are refused where they mean nothing."""
+    import lfopt
+
+    saved = tmp_path / "m.npz"
+    assert main(_args_model(ratings_file, "ials", "--threshold", "3", "--keep-values", "--value-transform", "log",
+                            "--save", str(saved))) == 0
+    capsys.readouterr()
+    back = lfopt.load(saved)
+    assert back.value_transform == "log" and back.value_scale_ != 1.0  # mean of log(1 + r) over ratings >= 3
+    assert main(_args_model(ratings_file, "bpr", "--value-transform", "log")) == 1
+    assert "--value-transform applies to --model ials only" in capsys.readouterr().err

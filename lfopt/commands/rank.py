@@ -19,7 +19,7 @@ from ..eval.ranking import merged_csr, parse_metric
 from ..results import check_writable, peak_memory_mb, write_json
 from ..ranking.data import implicit_split
 from ..estimators.bpr import BPRMF, OPTIMIZERS, REGULARIZERS
-from ..estimators.ials import LAM_SCALINGS, SOLVERS, ImplicitALS, PopularityRanker
+from ..estimators.ials import LAM_SCALINGS, SOLVERS, VALUE_TRANSFORMS, ImplicitALS, PopularityRanker
 from ..regularizers.lambda_opt import GRANULARITIES
 from ..ranking.search import grid_search
 from .common import add_backend_options, add_data_options, add_output_options, load_dataset, say
@@ -47,6 +47,7 @@ MODEL_OPTIONS = {
     "solver": ("--solver", ("ials",)),
     "cg_steps": ("--cg-steps", ("ials",)),
     "lam_scaling": ("--lambda-scaling", ("ials",)),
+    "value_transform": ("--value-transform", ("ials",)),
     "rank": ("--rank", ("bpr", "ials")),
     "epochs": ("--epochs", ("bpr", "ials")),
     "patience": ("--patience", ("bpr", "ials")),
@@ -56,12 +57,14 @@ MODEL_OPTIONS = {
 FLAG_NAMES = {"rank": "--rank", "lam": "--lambda", "alpha": "--alpha", "cg_steps": "--cg-steps", "epochs": "--epochs",
               "patience": "--patience", "lr": "--lr", "batch_size": "--batch-size", "lam_lr": "--lambda-lr",
               "lam_bias": "--lambda-bias", "init_scale": "--init-scale", "valid_batch_size": "--valid-batch-size",
-              "lambda_holdout": "--lambda-holdout", "solver": "--solver", "lam_scaling": "--lambda-scaling"}
+              "lambda_holdout": "--lambda-holdout", "solver": "--solver", "lam_scaling": "--lambda-scaling",
+              "value_transform": "--value-transform"}
 BPR_DEFAULTS = dict(rank=64, optimizer="adam", batch_size=1024, epochs=100, patience=10, item_bias=False,
                     lam_bias=0.0, init_scale=0.1, regularizer="lambdaopt", granularity="DUI", lam_lr=1e-3,
                     lambda_holdout=0.0)
 IALS_DEFAULTS = {k: v for k, v in ImplicitALS().get_params().items()
-                 if k in ("rank", "epochs", "patience", "alpha", "lam", "solver", "cg_steps", "lam_scaling")}
+                 if k in ("rank", "epochs", "patience", "alpha", "lam", "solver", "cg_steps", "lam_scaling",
+                          "value_transform")}
 
 
 def _floats(text: str, what: str) -> list:
@@ -101,6 +104,9 @@ def add_parser(sub):
     g.add_argument("--order", choices=("auto", "time", "random"), default="auto",
                    help="per-user split order: by timestamp, random, or auto = time when the data has timestamps")
     g.add_argument("--seed", type=int, default=42, help="seed of the split, initialization and sampling (default: 42)")
+    g.add_argument("--keep-values", action="store_true",
+                   help="keep the positives' values (e.g. play counts) as ials strengths instead of 1 (with "
+                   "--value-transform log for heavy-tailed counts)")
     g = p.add_argument_group("model and training (bpr and ials)")
     g.add_argument("--rank", type=int, default=None, help="latent dimensions (default: 64)")
     g.add_argument("--epochs", type=int, default=None,
@@ -145,6 +151,9 @@ def add_parser(sub):
                    help="frequency (default: a row's L2 weight is --lambda times its total confidence, so the "
                    "same --lambda suits data of any size) or none (the convention of Hu et al. and of the "
                    "implicit library: --lambda itself)")
+    g.add_argument("--value-transform", dest="value_transform", choices=VALUE_TRANSFORMS, default=None,
+                   help="linear (default: c = 1 + alpha r / mean r) or log (r -> log(1 + r) first): with "
+                   "--keep-values")
     g = p.add_argument_group("evaluation")
     g.add_argument("--metric", default="ndcg@50",
                    help="validation metric for early stopping and --grid (default: ndcg@50)")
@@ -208,7 +217,7 @@ def _model_params(args, ks) -> dict:
         return dict(rank=_given(args, "rank", d), alpha=_given(args, "alpha", d), lam=_given(args, "lam", d),
                     lam_scaling=_given(args, "lam_scaling", d), epochs=_given(args, "epochs", d),
                     solver=_given(args, "solver", d), cg_steps=_given(args, "cg_steps", d),
-                    patience=patience or None, metric=args.metric, ks=ks, seed=args.seed, verbose=not args.quiet)
+                    value_transform=_given(args, "value_transform", d), patience=patience or None, metric=args.metric, ks=ks, seed=args.seed, verbose=not args.quiet)
     d = BPR_DEFAULTS
     regularizer = _given(args, "regularizer", d)
     learn = regularizer == "lambdaopt"
@@ -315,7 +324,7 @@ def run(args) -> int:
     by_time = {"auto": None, "time": True, "random": False}[args.order]
     say(args, f"data: {data!r}")
     split = implicit_split(data, threshold=threshold, k_core=args.k_core, fractions=fractions, by_time=by_time,
-                           seed=args.seed)
+                           seed=args.seed, keep_values=args.keep_values)
     say(args, f"implicit: {split!r}; split {'by time' if split.info['by_time'] else 'random'}"
               + ("" if threshold is None else f", positives = values >= {threshold:g}"))
     owners = _users_owning_everything(split)

