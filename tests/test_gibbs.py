@@ -4,6 +4,7 @@ hyper-parameter draws, determinism, the posterior-mean model, save/load and the 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -499,3 +500,26 @@ def test_cli_trains_with_gibbs(tmp_path, small_ratings_file):
 
     summary = json.loads(out.read_text())
     assert math.isfinite(summary["test_rmse"])
+
+
+def test_few_samples_in_the_time_budget_warn():
+    """A sampler stopped by its time budget with fewer than FEW_SAMPLES samples says so; the same
+    samples after a planned number of sweeps (or enough of them) do not."""
+    from types import SimpleNamespace
+
+    from lfopt.estimators.lf import _posterior_from
+
+    data = lfopt.synthetic(n_users=40, n_items=30, nnz=500, seed=3)
+    obj = LFObjective(data, 3, lam=0.05)
+    y = obj.init_params(0.1, 0)
+    opt = GibbsSampler(burn_in=0, seed=1)
+    for e in range(1, 6):
+        opt.epoch(obj, y, e)
+    with pytest.warns(RuntimeWarning, match="time budget left 5 posterior samples"):
+        assert _posterior_from(opt, SimpleNamespace(stopped="time_budget", best_epoch=None), 1.0) is not None
+    opt2 = GibbsSampler(burn_in=0, seed=1)
+    for e in range(1, 6):
+        opt2.epoch(obj, y, e)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _posterior_from(opt2, SimpleNamespace(stopped="max_epochs", best_epoch=None), 1.0)

@@ -654,6 +654,10 @@ def _running_mean_evaluate(model, opt, score_sample, rows, cols, truth):
     return evaluate
 
 
+#: a sampler stopped by its time budget with fewer samples than this warns (the average is noisy)
+FEW_SAMPLES = 100
+
+
 def _posterior_from(opt, result, scale: float):
     """The posterior mean (b_u, b_i, P, Q) in concatenated-factor form, in rating units, from a
     finished sampler; after early stopping only the samples kept up to the best epoch count."""
@@ -662,6 +666,9 @@ def _posterior_from(opt, result, scale: float):
         return None
     if result.stopped in ("early_stop", "diverged") and result.best_epoch:
         samples.truncate(result.best_epoch)
+    if result.stopped == "time_budget" and 0 < samples.offered < FEW_SAMPLES:
+        warnings.warn(f"the time budget left {samples.offered} posterior samples (fewer than {FEW_SAMPLES}): their "
+                      f"average is noisy and the chain may not have settled: raise time_budget (or lower the rank)", RuntimeWarning, stacklevel=4)
     post = samples.finalize()
     if post is None:
         warnings.warn(f"optimizer {opt.name!r} kept no sample (epochs <= warm_start + burn_in): the model "
