@@ -523,3 +523,36 @@ def test_few_samples_in_the_time_budget_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _posterior_from(opt2, SimpleNamespace(stopped="max_epochs", best_epoch=None), 1.0)
+
+
+def test_preset_rank_is_capped_at_the_mean_ratings_per_row(tmp_path):
+    """preset="accurate" fits at most 2 |K| / (m + n) dimensions (rank_); the model file, the
+    posterior's sample count and fold-in follow the fitted rank; other fits keep ``rank``."""
+    data = lfopt.synthetic(n_users=300, n_items=200, nnz=2000, seed=2)  # 8 ratings a row
+    model = lfopt.LatentFactorModel(rank=32, preset="accurate", epochs=30).fit(data)
+    assert model.rank == 32 and model.rank_ == 8
+    assert model.factors()[2].shape[1] == 8 * model.n_samples_ and model.n_samples_ == 180  # 200 sweeps - 20
+    model.save(tmp_path / "m.npz")
+    back = lfopt.load(tmp_path / "m.npz")
+    assert back.rank_ == 8 and back.n_samples_ == 180
+    np.testing.assert_allclose(back.predict([0, 1], [0, 1]), model.predict([0, 1], [0, 1]), rtol=1e-6)
+    items, _ = back.recommend(0, k=3)
+    assert len(items) == 3
+    back.fold_in(10**6, [0, 1, 2], [4.0, 3.0, 5.0])
+    assert np.all(np.isfinite(back.predict([10**6] * 3, [3, 4, 5])))
+    plain = lfopt.LatentFactorModel(rank=32, epochs=2, validation=None).fit(data)
+    assert plain.rank_ == 32
+    dense = lfopt.synthetic(n_users=60, n_items=50, nnz=1500, seed=2)  # 27 a row: rank 5 stays
+    assert lfopt.LatentFactorModel(rank=5, preset="accurate", epochs=25).fit(dense).rank_ == 5
+
+
+def test_cli_reports_the_capped_rank(tmp_path, capsys):
+    import json
+
+    from lfopt.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["train", "--preset", "accurate", "--rank", "32", "--n-users", "300", "--n-items", "200", "--nnz",
+                 "2000", "--epochs", "25", "--output", str(out)]) == 0
+    assert "rank 7 (capped from 32 at the mean ratings per row)" in capsys.readouterr().out
+    assert json.loads(out.read_text())["rank_fitted"] == 7

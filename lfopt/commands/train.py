@@ -313,6 +313,8 @@ def run(args) -> int:
                                                 else {}).items() if k != "seed"},  # the seed is an option
         "history": res.history,
     }
+    if getattr(model, "rank_", model_rank) != model_rank:
+        summary["rank_fitted"] = model.rank_
     if comm is not None:
         summary["distributed"] = {"processes": comm.world, "backend": comm.backend}
     if "noise_floor" in data.meta:
@@ -321,7 +323,9 @@ def run(args) -> int:
     if res.message:
         summary["message"] = res.message
     if model.preset == "accurate":
-        head = f"optimizer gibbs (preset accurate, {model.n_samples_} samples averaged), rank {model_rank}: "
+        fitted = getattr(model, "rank_", model_rank)
+        capped = f" (capped from {model_rank} at the mean ratings per row)" if fitted != model_rank else ""
+        head = f"optimizer gibbs (preset accurate, {model.n_samples_} samples averaged), rank {fitted}{capped}: "
     else:
         head = f"optimizer {model.optimizer}, rank {model_rank}, lambda {model.lam} (+ {model.lam0} per row): "
         if getattr(args, "depth", None) is not None:

@@ -273,7 +273,7 @@ def _check_state(path, model) -> None:
     U, V = np.asarray(U), np.asarray(V)
     if U.ndim != 2 or V.ndim != 2 or U.shape[0] != m or V.shape[0] != n or U.shape[1] != V.shape[1]:
         raise _damaged(path, f"factor shapes {U.shape} and {V.shape} do not fit {m} users, {n} items and one rank")
-    rank = getattr(model, "rank", None)
+    rank = getattr(model, "rank_", None) or getattr(model, "rank", None)  # the rank fitted, where it differs
     samples = getattr(model, "n_samples_", 0) or 1
     if _is_int(rank) and U.shape[1] not in (rank, rank * samples):
         raise _damaged(path, f"factors of rank {U.shape[1]}, but the hyper-parameters say rank {rank}")
