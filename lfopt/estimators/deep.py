@@ -107,6 +107,7 @@ class DeepMF(LatentFactorModel):
         from ..regularizers import L2
 
         reg = fitted if fitted is not None else L2(self.lam, self.lam_b, lam0=self.lam0, lam0_b=self.lam0_b)
+        self.rank_ = int(self.rank)  # no preset here: the rank fitted is rank
         return DeepLFObjective(train, self.rank, depth=int(self.depth), regularizer=reg, use_bias=self.use_bias,
                                backend=self.backend, lam_w=float(self.lam_w), flatness=float(self.flatness),
                                init=self.init)
@@ -177,6 +178,7 @@ class DeepMF(LatentFactorModel):
         self.global_mean_ = float(meta["global_mean"])
         self.rating_range_ = tuple(meta["rating_range"])
         m, n, f, L = self.n_users_, self.n_items_, int(self.rank), int(self.depth)
+        self.rank_ = f
         nb = (m, n) if self.use_bias else (0, 0)
         self.layout_ = ParamLayout((("b_u", (nb[0],)), ("b_i", (nb[1],)), ("P", (m, f)), ("Q", (n, f)),
                                     ("W", (L, f, f))))
