@@ -195,12 +195,17 @@ class AdaptiveMoments(Optimizer):
         self._state = {"m": z(), "s": z(), "g": z(), "d": z() if self.needs_diag else None, "t": 0,
                        "rng": np.random.default_rng(self.seed)}
 
-    def _apply(self, obj, y, g, d):
+    def _apply(self, obj, y, g, d, segments=None, d_add: float = 0.0):
+        """One Adam step with source ``d``: on the whole vector, or (lazy) on ``segments`` only with
+        source ``d + d_add`` there."""
         st = self._state
         st["t"] += 1
         t = st["t"]
-        obj.backend.moment_update(y, g, d, st["m"], st["s"], self.lr, self.beta1, self.beta2, self.eps,
-                                  1 - self.beta1 ** t, 1 - self.beta2 ** t)
+        args = (self.lr, self.beta1, self.beta2, self.eps, 1 - self.beta1 ** t, 1 - self.beta2 ** t)
+        if segments is None:
+            obj.backend.moment_update(y, g, d, st["m"], st["s"], *args)
+        else:
+            obj.backend.moment_update_segments(y, g, d, st["m"], st["s"], segments, *args, d_add)
 
     def epoch(self, obj, y, epoch):
         self._ensure_checked(obj)
@@ -214,20 +219,17 @@ class AdaptiveMoments(Optimizer):
             if self.needs_diag:
                 obj.gn_diag(y, dbuf)
             self._apply(obj, y, g, self.source(obj, y, g, dbuf))
+            self.lazy_ = False
             return {"steps": 1}
         order = obj.backend.permutation(st["rng"], obj.nnz)
         steps = 0
         lazy = lazy_wanted(self.lazy, obj, batch_size)
-        be = obj.backend
         for start in range(0, obj.nnz, batch_size):
             batch = order[start : start + batch_size]
             if lazy:
                 _, segments = obj.batch_grad_rows(y, batch, g, dbuf)
-                st["t"] += 1
-                t = st["t"]
                 src, add = self.segment_source(g, dbuf)
-                be.moment_update_segments(y, g, src, st["m"], st["s"], segments, self.lr, self.beta1, self.beta2,
-                                          self.eps, 1 - self.beta1 ** t, 1 - self.beta2 ** t, add)
+                self._apply(obj, y, g, src, segments, add)
             else:
                 obj.batch_grad(y, batch, g, dbuf)
                 self._apply(obj, y, g, self.source(obj, y, g, dbuf))
