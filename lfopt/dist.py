@@ -96,24 +96,17 @@ class TorchComm:
 
     def allreduce_(self, x):
         """Sum ``x`` over all processes, in place (numpy array or torch tensor); returns ``x``."""
-        torch = self._torch
+        t = x
         if isinstance(x, np.ndarray):
             if not x.flags.c_contiguous:
                 raise ValueError("allreduce_ needs a contiguous array")
-            t = torch.from_numpy(x)
-            if self._device is not None:
-                d = t.to(self._device)
-                self._reduce(d)
-                t.copy_(d.cpu())
-            else:
-                self._reduce(t)
-            return x
-        if self._device is not None and x.device.type != "cuda":
-            d = x.to(self._device)
+            t = self._torch.from_numpy(x)  # shares x's memory (a CPU tensor)
+        if self._device is not None and t.device.type != "cuda":  # NCCL: through this process's GPU
+            d = t.to(self._device)
             self._reduce(d)
-            x.copy_(d.cpu())
+            t.copy_(d.cpu())
         else:
-            self._reduce(x)
+            self._reduce(t)
         return x
 
     def allreduce_scalars(self, values) -> np.ndarray:

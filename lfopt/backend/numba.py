@@ -403,32 +403,27 @@ class NumbaLFKernels:
         t = self.train
         b = np.asarray(batch)
         users, items = np.unique(t.users[b]), np.unique(t.items[b])
-        outs = (grad,) if diag is None else (grad, diag)
-        for bu_, bi_, P_, Q_ in outs:
+        for bu_, bi_, P_, Q_ in (grad,) if diag is None else (grad, diag):
             if bu_.size:
                 bu_[users] = 0.0
                 bi_[items] = 0.0
             P_[users] = 0.0
             Q_[items] = 0.0
-        bu, bi, P, Q = params
-        want = diag is not None
-        sse = K.batch_grad_diag(t.users, t.items, t.values, b, np.float32(mu), bu, bi, P, Q, *self._per_visit(v),
-                                self.use_bias, np.float32(scale), want, *grad, *(diag if want else grad))
-        return float(sse), users, items
+        return self._batch_sums(mu, params, v, b, scale, grad, diag), users, items
 
     def batch_grad(self, mu, params, v, batch, scale, grad, diag=None) -> float:
-        for a in grad:
+        for a in grad if diag is None else (*grad, *diag):
             a[...] = 0.0
-        want = diag is not None
-        if want:
-            for a in diag:
-                a[...] = 0.0
-        else:
-            diag = grad  # never written
+        return self._batch_sums(mu, params, v, batch, scale, grad, diag)
+
+    def _batch_sums(self, mu, params, v, batch, scale, grad, diag) -> float:
+        """Add the batch's sums into ``grad`` (and ``diag``), which are zero on the rows it touches."""
         t = self.train
         bu, bi, P, Q = params
+        want = diag is not None
         return float(K.batch_grad_diag(t.users, t.items, t.values, batch, np.float32(mu), bu, bi, P, Q,
-                                       *self._per_visit(v), self.use_bias, np.float32(scale), want, *grad, *diag))
+                                       *self._per_visit(v), self.use_bias, np.float32(scale), want, *grad,
+                                       *(diag if want else grad)))
 
     def als_sweep(self, mu, params, w, sides=("u", "i")) -> None:
         """Exact ridge solves of every user row, then of every item row (in place); ``sides``

@@ -688,7 +688,8 @@ def _posterior_from(opt, result, scale: float):
         samples.truncate(result.best_epoch)
     if result.stopped == "time_budget" and 0 < samples.offered < FEW_SAMPLES:
         warnings.warn(f"the time budget left {samples.offered} posterior samples (fewer than {FEW_SAMPLES}): their "
-                      f"average is noisy and the chain may not have settled: raise time_budget (or lower the rank)", RuntimeWarning, stacklevel=4)
+                      f"average is noisy and the chain may not have settled: raise time_budget (or lower the rank)",
+                      RuntimeWarning, stacklevel=4)
     post = samples.finalize()
     if post is None:
         warnings.warn(f"optimizer {opt.name!r} kept no sample (epochs <= warm_start + burn_in): the model "
