@@ -239,13 +239,13 @@ def test_evaluate_unseen_drop_counts_once_and_all_unseen_is_an_error(ratings, tm
 
 
 # ================================================================ 5. progress
-def _fit_with_trainer(small_split, **kwargs):
+def _fit_with_trainer(small_split, epochs=4, **kwargs):
     from lfopt.models.lf import LFObjective
     from lfopt.optim.base import make_optimizer
 
     obj = LFObjective(small_split[0], 3, lam=0.05)
     stream = io.StringIO()
-    trainer = Trainer(4, None, stream=stream, **kwargs)
+    trainer = Trainer(epochs, None, stream=stream, **kwargs)
 
     def evaluate(y):
         return {"rmse": float(obj.loss(y))}
@@ -266,6 +266,13 @@ def test_progress_lines_bar_and_silence(small_split):
     assert "epoch_s" in _fit_with_trainer(small_split)
     with progress_style("bar"):
         assert "100%" in _fit_with_trainer(small_split)
+
+
+def test_long_runs_print_every_tenth_epoch_and_the_last(small_split):
+    for epochs, shown in ((55, [*range(1, 11), 20, 30, 40, 50, 55]), (50, list(range(1, 51)))):
+        lines = _fit_with_trainer(small_split, epochs=epochs, progress="lines").splitlines()
+        rows = [int(line.split()[0]) for line in lines if line.split()[:1] and line.split()[0].isdigit()]
+        assert rows == shown
 
 
 def test_quiet_silences_everything_but_the_result(ratings, capsys):
@@ -374,7 +381,7 @@ def test_cli_test_file(small_synthetic, tmp_path, capsys):
     test_file = write_tsv(tmp_path / "test.tsv", users[cut:] + [5000], items[cut:] + [0], values[cut:] + [3.0])
     out, model_file = tmp_path / "r.json", tmp_path / "m.npz"
     assert main(fast(train_file, "--test", str(test_file), "--output", str(out), "--save", str(model_file),
-                     "-q")) == 0
+                     "--optimizer", "als", "-q")) == 0
     res = json.loads(out.read_text())
     assert res["split"] == "test_file" and res["n_test"] == 401 and res["n_train"] == cut and res["n_valid"] == 200
     assert res["n_test_unseen"] >= 1

@@ -63,7 +63,7 @@ def test_fold_in_ml100k(ml100k_split, tmp_path):
 
 def test_fold_in_single_user_matches_als_solve():
     data = lfopt.synthetic(n_users=300, n_items=120, nnz=12000, seed=1)
-    model = lfopt.LatentFactorModel(rank=6, epochs=15, validation=None, patience=None).fit(data)
+    model = lfopt.LatentFactorModel(rank=6, optimizer="als", epochs=15, validation=None, patience=None).fit(data)
     # re-solving a trained user from all its ratings with the items fixed is one more ALS half-step:
     # the converged row barely moves
     u = 7

@@ -354,7 +354,7 @@ def test_an_epoch_writes_the_sample_and_reports(small_synthetic):
 
 
 def _fit(data, **kw):
-    params = dict(rank=4, optimizer="gibbs", epochs=40, seed=3, validation=0)  # burn-in 20, 20 samples
+    params = dict(rank=4, optimizer="gibbs", epochs=40, seed=3, validation=0, keep_samples=True)  # 20 samples
     params.update(kw)
     return lfopt.LatentFactorModel(**params).fit(data)
 
@@ -398,7 +398,7 @@ def test_posterior_mean_reaches_the_noise_floor_and_beats_als_at_a_poor_lambda()
 
 def test_running_mean_is_the_validation_metric_and_burn_in_is_never_cut(small_split):
     train, valid = small_split
-    model = lfopt.LatentFactorModel(rank=3, optimizer="gibbs", epochs=40, patience=1, seed=1, warm_start=3,
+    model = lfopt.LatentFactorModel(rank=3, optimizer="gibbs", keep_samples=True, epochs=40, patience=1, seed=1, warm_start=3,
                                     burn_in=6).fit(train, valid)
     hist = model.history_
     first_kept = 3 + 6 + 1
@@ -413,7 +413,7 @@ def test_running_mean_is_the_validation_metric_and_burn_in_is_never_cut(small_sp
 
 def test_without_patience_the_last_row_is_the_final_model(small_split):
     train, valid = small_split
-    model = lfopt.LatentFactorModel(rank=3, optimizer="gibbs", epochs=15, patience=None, seed=2,
+    model = lfopt.LatentFactorModel(rank=3, optimizer="gibbs", keep_samples=True, epochs=15, patience=None, seed=2,
                                     burn_in=5).fit(train, valid)
     assert model.n_samples_ == 15 - 5
     assert model.evaluate(valid)["rmse"] == pytest.approx(model.history_[-1]["valid_rmse"], abs=2e-6)
@@ -529,18 +529,18 @@ def test_preset_rank_is_capped_at_the_mean_ratings_per_row(tmp_path):
     """preset="accurate" fits at most 2 |K| / (m + n) dimensions (rank_); the model file, the
     posterior's sample count and fold-in follow the fitted rank; other fits keep ``rank``."""
     data = lfopt.synthetic(n_users=300, n_items=200, nnz=2000, seed=2)  # 8 ratings a row
-    model = lfopt.LatentFactorModel(rank=32, preset="accurate", epochs=30).fit(data)
+    model = lfopt.LatentFactorModel(rank=32, preset="accurate", epochs=30, keep_samples=True).fit(data)
     assert model.rank == 32 and model.rank_ == 8
-    assert model.factors()[2].shape[1] == 8 * model.n_samples_ and model.n_samples_ == 180  # 200 sweeps - 20
+    assert model.factors()[2].shape[1] == 8 * model.n_samples_ and model.n_samples_ == 27  # 30 sweeps - 3
     model.save(tmp_path / "m.npz")
     back = lfopt.load(tmp_path / "m.npz")
-    assert back.rank_ == 8 and back.n_samples_ == 180
+    assert back.rank_ == 8 and back.n_samples_ == 27
     np.testing.assert_allclose(back.predict([0, 1], [0, 1]), model.predict([0, 1], [0, 1]), rtol=1e-6)
     items, _ = back.recommend(0, k=3)
     assert len(items) == 3
     back.fold_in(10**6, [0, 1, 2], [4.0, 3.0, 5.0])
     assert np.all(np.isfinite(back.predict([10**6] * 3, [3, 4, 5])))
-    plain = lfopt.LatentFactorModel(rank=32, epochs=2, validation=None).fit(data)
+    plain = lfopt.LatentFactorModel(rank=32, optimizer="als", epochs=2, validation=None).fit(data)
     assert plain.rank_ == 32
     dense = lfopt.synthetic(n_users=60, n_items=50, nnz=1500, seed=2)  # 27 a row: rank 5 stays
     assert lfopt.LatentFactorModel(rank=5, preset="accurate", epochs=25).fit(dense).rank_ == 5

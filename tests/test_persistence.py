@@ -299,7 +299,9 @@ def every_kind(tmp_path_factory, small_synthetic):
         warnings.simplefilter("ignore")
         models = {
             "lf": LatentFactorModel(rank=3, optimizer="als", epochs=2, seed=1),
-            "gibbs": LatentFactorModel(rank=2, optimizer="gibbs", epochs=25, validation=None, seed=1),
+            "gibbs": LatentFactorModel(rank=2, optimizer="gibbs", epochs=25, validation=None, seed=1,
+                                       keep_samples=True),
+            "auto": LatentFactorModel(rank=2, epochs=25, seed=1),  # the default: sampled, rank-2 summary
             "bpr": lfopt.BPRMF(rank=3, epochs=2, seed=1),
             "bias": lfopt.BiasBaseline(),
             "ials": lfopt.ImplicitALS(rank=3, epochs=2),
@@ -309,7 +311,7 @@ def every_kind(tmp_path_factory, small_synthetic):
         for name, model in models.items():
             model.fit(small_synthetic.with_values(1.0) if name in ("ials", "pop") else small_synthetic)
             paths[name] = model.save(root / f"{name}.npz")
-    assert models["gibbs"].n_samples_ > 0
+    assert models["gibbs"].n_samples_ > 0 and models["auto"].n_samples_ > 0 and models["auto"].posterior_ is None
     return paths
 
 
@@ -336,7 +338,7 @@ TAMPERS = {
 }
 
 
-@pytest.mark.parametrize("kind", ["lf", "gibbs", "bpr", "bias", "ials", "pop"])
+@pytest.mark.parametrize("kind", ["lf", "gibbs", "auto", "bpr", "bias", "ials", "pop"])
 @pytest.mark.parametrize("tamper", list(TAMPERS))
 def test_tampered_model_file_is_refused_clearly(tmp_path, every_kind, kind, tamper):
     edit, words = TAMPERS[tamper]
@@ -365,6 +367,8 @@ def _reshape_params(a, m):
     ("lf", lambda a, m: m["state"].update(rating_range=[5, 1]), ["rating_range"]),
     ("bias", lambda a, m: m["state"].update(rating_range="1-5"), ["rating_range"]),
     ("gibbs", lambda a, m: m["state"].update(n_samples=-2), ["n_samples"]),
+    ("auto", lambda a, m: m["state"].update(n_averaged="many"), ["n_averaged"]),
+    ("auto", lambda a, m: m["state"].update(method="magic"), ["method"]),
 ])
 def test_swapped_shapes_and_bad_state_are_refused(tmp_path, every_kind, kind, edit, words):
     path = tmp_path / "tampered.npz"
@@ -374,7 +378,7 @@ def test_swapped_shapes_and_bad_state_are_refused(tmp_path, every_kind, kind, ed
         assert word in msg, msg
 
 
-@pytest.mark.parametrize("kind", ["lf", "gibbs", "bpr", "bias", "ials", "pop"])
+@pytest.mark.parametrize("kind", ["lf", "gibbs", "auto", "bpr", "bias", "ials", "pop"])
 def test_untampered_files_of_every_kind_load(every_kind, kind):
     model = lfopt.load(every_kind[kind])
     with warnings.catch_warnings():

@@ -58,10 +58,13 @@ OPTIMIZER_FLAGS = [
 
 def add_model_options(p) -> None:
     g = p.add_argument_group("model and training")
-    g.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help="optimizer (default: the model's, als)")
+    g.add_argument("--optimizer", default=None, choices=("auto",) + OPTIMIZERS,
+                   help="optimizer (default: auto, the model's: Bayesian averaging by Gibbs sampling where its 200 "
+                   "sweeps cost at most 1e12 multiply-adds (about a minute on 2 cores), else als)")
     g.add_argument("--rank", type=int, default=None,
                    help="latent dimensions (default: the model's, 32; on the synthetic data its true rank, 5)")
-    g.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: the model's, 40)")
+    g.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: the model's, 40; 200 sweeps "
+                   "for the sampler)")
     g.add_argument("--lambda", dest="lam", type=_lambda, default=None, metavar="LAMBDA|learn",
                    help="count-weighted L2 of the factors (row u: --lambda0 + LAMBDA n_u, in units of standardized "
                    "ratings), or 'learn' to learn it on the validation part (lambdaOpt) (default: the model's)")
@@ -72,8 +75,11 @@ def add_model_options(p) -> None:
     g.add_argument("--lambda0-bias", dest="lam0_b", type=float, default=None,
                    help="constant part of each row's bias penalty (default: the model's)")
     g.add_argument("--preset", choices=("accurate",), default=None,
-                   help="accurate: Bayesian averaging (Gibbs sampling warm-started by ALS) on all the training data, "
+                   help="accurate: Bayesian averaging (Gibbs sampling from a small start) on all the training data, "
                    "until --time-budget is spent (default: none)")
+    g.add_argument("--keep-samples", dest="keep_samples", action="store_const", const=True, default=None,
+                   help="after Gibbs sampling, keep every sample and predict with their exact average (memory and "
+                   "model file S x (users + items) x rank floats) instead of its rank-r summary (the default)")
     g.add_argument("--time-budget", dest="time_budget", type=positive_float("--time-budget"), default=None,
                    metavar="SECONDS",
                    help="stop training before an epoch would end past this many seconds (default: no limit)")
@@ -141,7 +147,14 @@ def optimizer_options(args) -> dict:
     opts = {dest: getattr(args, dest) for _, dest, _, _ in OPTIMIZER_FLAGS if getattr(args, dest) is not None}
     if getattr(args, "precondition", None):
         opts["precondition"] = args.precondition
-    make_optimizer(args.optimizer or _model_default("optimizer"), **opts)  # validates names and values early
+    name = args.optimizer or _model_default("optimizer")
+    if name == "auto" and opts:  # auto runs the sampler or ALS: the options must suit one of them
+        try:
+            make_optimizer("gibbs", **opts)
+        except (ConfigError, TypeError):
+            make_optimizer("als", **opts)
+    elif name != "auto":
+        make_optimizer(name, **opts)  # validates names and values early
     return opts
 
 
@@ -160,7 +173,7 @@ def _lambda(text: str):
 
 
 MODEL_DESTS = ("lam", "lam0", "lam_b", "lam0_b", "granularity", "preset", "time_budget", "epochs", "patience",
-               "init_scale", "optimizer")
+               "init_scale", "optimizer", "keep_samples")
 
 
 def build_model(args, rank: int) -> LatentFactorModel:
@@ -171,7 +184,7 @@ def build_model(args, rank: int) -> LatentFactorModel:
         from ..estimators.deep import DeepMF
 
         for flag, value in (("--distributed", getattr(args, "distributed", False)), ("--preset", args.preset),
-                            ("--lambda learn", given.get("lam") == "learn")):
+                            ("--lambda learn", given.get("lam") == "learn"), ("--keep-samples", args.keep_samples)):
             if value:
                 raise ConfigError(f"{flag} is not available with --depth (DeepMF)")
         if args.backend != "numba":
@@ -304,8 +317,8 @@ def run(args) -> int:
         "compile_seconds": compile_seconds,
         "peak_memory_mb": peak_memory_mb(),
         "options": record_options(args, {
-            "rank": model_rank, "optimizer": model.optimizer_.name if model.preset is None else "gibbs",
-            **{k: getattr(model, k) for k in MODEL_DESTS if k != "optimizer"},
+            "rank": model_rank, "optimizer": model.optimizer_.name,
+            **{k: getattr(model, k, None) for k in MODEL_DESTS if k != "optimizer"},
             "test_fraction": info.get("test_fraction"), **synthetic_sizes,
             **({"depth": model.depth, "flatness": model.flatness, "lam_w": model.lam_w}
                if getattr(args, "depth", None) is not None else {})}),
@@ -322,12 +335,17 @@ def run(args) -> int:
         summary["rmse_over_floor"] = scores["rmse"] / data.meta["noise_floor"]
     if res.message:
         summary["message"] = res.message
-    if model.preset == "accurate":
+    if getattr(model, "n_samples_", 0) or model.optimizer_.name == "gibbs":
         fitted = getattr(model, "rank_", model_rank)
         capped = f" (capped from {model_rank} at the mean ratings per row)" if fitted != model_rank else ""
-        head = f"optimizer gibbs (preset accurate, {model.n_samples_} samples averaged), rank {fitted}{capped}: "
+        how = "preset accurate" if model.preset == "accurate" else ("auto" if model.optimizer == "auto" else "")
+        kept = ("" if getattr(model, "posterior_", None) is not None or not model.n_samples_
+                else f", their rank-{fitted} summary")
+        head = (f"optimizer gibbs ({how + ', ' if how else ''}{model.n_samples_} samples averaged{kept}), "
+                f"rank {fitted}{capped}: ")
     else:
-        head = f"optimizer {model.optimizer}, rank {model_rank}, lambda {model.lam} (+ {model.lam0} per row): "
+        head = (f"optimizer {model.optimizer_.name}, rank {model_rank}, lambda {model.lam} (+ {model.lam0} "
+                f"per row): ")
         if getattr(args, "depth", None) is not None:
             head = f"DeepMF depth {model.depth} (flatness {model.flatness:g}), " + head
     unseen_text = ""

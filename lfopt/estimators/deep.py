@@ -86,7 +86,7 @@ class DeepMF(LatentFactorModel):
             raise ConfigError(f"init must be 'identity' or 'random', got {self.init!r}")
         if self.lam == "learn":
             raise ConfigError("DeepMF does not learn lam (lam='learn'); give a number")
-        if str(self.optimizer).lower() in ("als", "gibbs"):
+        if str(self.optimizer).lower() in ("als", "gibbs", "auto"):
             raise ConfigError(f"DeepMF cannot train with optimizer={self.optimizer!r} (no closed-form row "
                               f"solve for the deep model); use adam, sgd, adago, slf or sslf")
 
@@ -102,7 +102,8 @@ class DeepMF(LatentFactorModel):
         return self
 
     # ------------------------------------------------------------------ fit
-    def _make_objective(self, train: Interactions, valid: Interactions | None = None, fitted=None):
+    def _make_objective(self, train: Interactions, valid: Interactions | None = None, fitted=None,
+                        rank: int | None = None):
         from ..models.deep import DeepLFObjective
         from ..regularizers import L2
 

@@ -433,6 +433,10 @@ class GibbsSampler(Optimizer):
     def kept(self) -> int:
         return 0 if self._samples is None else self._samples.count
 
+    def drop_samples(self) -> None:
+        """Let the kept samples go (the estimator keeps their summary instead); :attr:`samples` is then None."""
+        self._samples = None
+
     def _start(self, obj, y):
         train = obj.train
         m, n = train.shape
@@ -625,3 +629,50 @@ def _bias_residual_variance(train, mu, use_bias) -> float:
         bi = np.bincount(i, r - bu[u], n) / (ci + 5.0)
         bu = np.bincount(u, r - bi[i], m) / (cu + 5.0)
     return float(np.mean((r - bu[u] - bi[i]) ** 2))
+
+
+# ------------------------------------------------------------ the compact summary
+def low_rank_mean(U, V, k: int, *, oversample: int = 10, power_iters: int = 2, seed: int = 0):
+    """``(P, Q)`` of rank ``k`` (float32) with P Q^T the best rank-``k`` approximation of U V^T,
+    by a randomized range finder with ``power_iters`` power iterations (Halko, Martinsson and
+    Tropp 2011, algorithm 4.4), the factors split evenly: P = W_k sqrt(s_k), Q = Z_k sqrt(s_k).
+
+    ``U`` (m x r) and ``V`` (n x r) are the posterior mean's concatenated factors
+    (:meth:`PosteriorSamples.finalize`, r = S f); U V^T is never formed: every product goes
+    through the r columns, O((m + n) r (k + oversample)) per pass.  The mean of S samples is
+    close to rank f (ML-1M rank 32, 180 samples: the 32nd singular value 4.5 against a first
+    of 1162), so its rank-f summary predicts as the whole average does (test RMSE ML-1M 0.8296
+    against 0.8293, Amazon and Douban equal to 4 digits; benchmarks/results/accuracy.md).
+    """
+    U = np.asarray(U)
+    V = np.asarray(V)
+    m, n = U.shape[0], V.shape[0]
+    k = int(k)
+    if k <= 0 or U.shape[1] != V.shape[1]:
+        raise ValueError(f"low_rank_mean: k must be > 0 and U, V have as many columns (k={k}, U {U.shape}, "
+                         f"V {V.shape})")
+    r = U.shape[1]
+    if r <= k:  # already of rank <= k: pad with zero columns
+        P = np.zeros((m, k), np.float32)
+        Q = np.zeros((n, k), np.float32)
+        P[:, :r] = U
+        Q[:, :r] = V
+        return P, Q
+    width = min(k + int(oversample), r, m, n)
+    rng = np.random.default_rng([int(seed), 19])
+    X = rng.standard_normal((n, width)).astype(np.float32)
+    Y = U @ (V.T @ X)  # m x width: a sample of the range of U V^T
+    for _ in range(int(power_iters)):  # (U V^T)(U V^T)^T steps, orthonormalized between
+        Y = np.linalg.qr(Y)[0]
+        Z = np.linalg.qr(V @ (U.T @ Y))[0]
+        Y = U @ (V.T @ Z)
+    W = np.linalg.qr(Y.astype(np.float64))[0]  # m x width, orthonormal
+    B = ((W.T.astype(U.dtype) @ U) @ V.T).astype(np.float64)  # width x n (no float64 copy of U, V)
+    Wb, s, Zt = np.linalg.svd(B, full_matrices=False)
+    k_eff = min(k, len(s))
+    root = np.sqrt(s[:k_eff])
+    P = np.zeros((m, k), np.float32)
+    Q = np.zeros((n, k), np.float32)
+    P[:, :k_eff] = (W @ Wb[:, :k_eff]) * root
+    Q[:, :k_eff] = Zt[:k_eff].T * root
+    return P, Q

@@ -16,7 +16,8 @@ labelled columns under a header (``"lines"``; what logs and pipes get)::
         1       98041      0.4470      0.5012     0.3990     0.02     0.02
 
 ``epoch_s`` is the epoch's training time, ``total_s`` the training time so far
-(validation scoring excluded from both).  :func:`progress_style` sets the style
+(validation scoring excluded from both).  A run of more than ``LINE_EVERY_AFTER`` (50)
+epochs prints epochs 1-10, then every 10th, and its last (a sampler's 200 sweeps: 30 lines).  :func:`progress_style` sets the style
 for every trainer created inside a ``with`` block (the CLI's ``--progress``).
 Each history row is also sent to the ``logging`` logger ``"lfopt"`` at DEBUG level.
 
@@ -47,6 +48,8 @@ LOWER_IS_BETTER = {"rmse", "mae", "loss", "bpr_loss"}
 logger = logging.getLogger("lfopt")
 
 PROGRESS_STYLES = ("auto", "bar", "lines")
+#: a run of more epochs than this prints epochs 1-10, every 10th and its last (not every one)
+LINE_EVERY_AFTER = 50
 _PROGRESS: contextvars.ContextVar = contextvars.ContextVar("lfopt_progress", default="auto")
 
 
@@ -144,6 +147,7 @@ class Trainer:
         self.progress = None if progress is None else _check_style(progress)
         self._bar = None
         self._columns = None
+        self._held = None
 
     # -------------------------------------------------------------- progress
     def _style(self) -> str:
@@ -194,6 +198,11 @@ class Trainer:
             else:
                 self._bar.update(1)
             return
+        e = int(row["epoch"])
+        if self.epochs > LINE_EVERY_AFTER and e > 10 and e % 10:
+            self._held = row  # printed if it turns out to be the last
+            return
+        self._held = None
         if self._columns is None:
             self._columns = _columns(row, self.metric, self.epochs)
             print(_header(self._columns), file=self.stream, flush=True)
@@ -229,11 +238,14 @@ class Trainer:
                   + (f" ({bk.device})" if bk.device != "cpu" else ""))
         start_all = time.perf_counter()
         self._columns = None
+        self._held = None
         self._bar = self._open_bar(name)
         try:
             self._loop(objective, optimizer, y, evaluate, res, loss0, last_good, last_extra, name, start_all)
         finally:
             self._close_bar()
+            if self._held is not None and self._columns is not None:  # the last row of a thinned run
+                print(_format_row(self._columns, self._held), file=self.stream, flush=True)
         if res.stopped == "time_budget":
             self._say(f"time budget of {self.time_budget:g} s reached after {len(res.history)} epochs")
         elif res.stopped == "diverged":

@@ -1,0 +1,103 @@
+"""The default pipeline (optimizer="auto"): Bayesian averaging where it is affordable, kept as the
+rank-``rank_`` summary of the posterior mean (lfopt.optim.gibbs.low_rank_mean)."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+import lfopt
+from lfopt.cli import main
+from lfopt.estimators import lf as lf_module
+from lfopt.optim.gibbs import low_rank_mean
+
+
+@pytest.fixture(scope="module")
+def split():
+    data = lfopt.synthetic(n_users=300, n_items=200, nnz=12000, seed=3)
+    return lfopt.random_split(data, 0.1, seed=0)
+
+
+def test_low_rank_mean_is_the_best_rank_k_approximation():
+    rng = np.random.default_rng(0)
+    U = (rng.standard_normal((120, 90)) * np.geomspace(50, 0.01, 90)).astype(np.float32)
+    V = rng.standard_normal((80, 90)).astype(np.float32)
+    M = U.astype(np.float64) @ V.T.astype(np.float64)
+    P, Q = low_rank_mean(U, V, 8)
+    assert P.shape == (120, 8) and Q.shape == (80, 8) and P.dtype == np.float32
+    u, s, vt = np.linalg.svd(M)
+    best = np.linalg.norm(M - (u[:, :8] * s[:8]) @ vt[:8])
+    assert np.linalg.norm(M - P.astype(np.float64) @ Q.T) <= 1.01 * best
+    # fewer columns than k: exact, padded with zeros
+    P2, Q2 = low_rank_mean(U[:, :3], V[:, :3], 5)
+    np.testing.assert_allclose(P2 @ Q2.T, U[:, :3] @ V[:, :3].T, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="k must be"):
+        low_rank_mean(U, V, 0)
+
+
+def test_default_samples_and_keeps_a_summary_that_predicts_as_the_samples_do(split, tmp_path):
+    train, test = split
+    auto = lfopt.LatentFactorModel(rank=4, epochs=60, seed=1).fit(train)
+    exact = lfopt.LatentFactorModel(rank=4, epochs=60, seed=1, keep_samples=True).fit(train)
+    assert auto.optimizer_.name == "gibbs" and auto.method_ == "gibbs"
+    assert auto.n_samples_ == exact.n_samples_ == 54  # 60 sweeps, burn-in 60 // 10
+    assert auto.posterior_ is None and auto.optimizer_.samples is None  # the store is let go
+    assert auto.factors()[2].shape == (train.n_users, 4)
+    rows, cols = test.user_ids[test.users], test.item_ids[test.items]
+    pa, pe = auto.predict(rows, cols), exact.predict(rows, cols)
+    assert np.sqrt(np.mean((pa - pe) ** 2)) < 0.02 * np.std(pe)  # rank 4 of a rank-4 model's average
+    ra, re = auto.evaluate(test)["rmse"], exact.evaluate(test)["rmse"]
+    assert abs(ra - re) < 0.002
+    # better than the point estimate ALS gives with the same rank here
+    als = lfopt.LatentFactorModel(rank=4, optimizer="als", seed=1).fit(train)
+    assert ra < als.evaluate(test)["rmse"]
+    # one model file of a point estimate's size; it loads and predicts the same
+    path = auto.save(tmp_path / "auto.npz")
+    with np.load(path) as z:
+        assert not any(k.startswith("posterior") for k in z.files)
+    back = lfopt.load(path)
+    assert back.n_samples_ == 54 and back.method_ == "gibbs" and back.rank_ == 4
+    np.testing.assert_allclose(back.predict(rows, cols), pa, rtol=1e-6)
+
+
+def test_summary_model_carries_on_with_sgd_and_folds_in(split):
+    train, test = split
+    old, new = lfopt.random_split(train, 0.2, seed=5)
+    model = lfopt.LatentFactorModel(rank=4, epochs=40, seed=2).fit(old)
+    before = model.evaluate(test)["rmse"]
+    model.partial_fit(new)  # one SGD epoch from the summary, with the model's penalty
+    assert [r.get("phase") for r in model.history_].count("partial_fit") == 1
+    after = model.evaluate(test)["rmse"]
+    assert model.n_samples_ > 0 and after < before + 0.02, (before, after)
+    model.fold_in(10**6, train.item_ids[:3], [4.0, 3.0, 5.0])
+    assert np.all(np.isfinite(model.predict([10**6] * 2, train.item_ids[3:5])))
+
+
+def test_auto_falls_back_to_als_where_the_sampler_cannot_or_should_not_run(split, monkeypatch):
+    train, _ = split
+
+    def method(**kw):
+        return lfopt.LatentFactorModel(rank=4, epochs=2, **kw)._resolve_optimizer(train)
+
+    assert method() == "gibbs"
+    assert method(lam="learn") == "als"
+    assert method(lr=0.01) == "als"  # an option only a gradient optimizer takes
+    assert method(burn_in=5) == "gibbs"  # a sampler option keeps the sampler
+    assert method(optimizer="sgd") == "sgd" and method(preset="accurate") == "gibbs"
+    work = lf_module.sampling_work(train.n_users, train.n_items, train.nnz, 4)
+    assert work == 200 * (train.nnz * 25 + (train.n_users + train.n_items) * 125)
+    monkeypatch.setattr(lf_module, "AUTO_SAMPLING_WORK", work - 1)  # just too much work
+    assert method() == "als"
+    model = lfopt.LatentFactorModel(rank=4, epochs=3).fit(train)
+    assert model.optimizer_.name == "als" and model.n_samples_ == 0 and model.n_valid_ > 0
+
+
+def test_cli_default_says_what_ran(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["train", "--n-users", "200", "--n-items", "150", "--nnz", "6000", "--rank", "3", "--epochs", "30",
+                 "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "optimizer gibbs (auto, 27 samples averaged, their rank-3 summary)" in text
+    res = json.loads(out.read_text())
+    assert res["options"]["optimizer"] == "gibbs" and res["n_valid"] == 0
