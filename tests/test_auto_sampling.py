@@ -10,6 +10,7 @@ import pytest
 import lfopt
 from lfopt.cli import main
 from lfopt.estimators import lf as lf_module
+from lfopt.optim import gibbs
 from lfopt.optim.gibbs import low_rank_mean
 
 
@@ -34,6 +35,18 @@ def test_low_rank_mean_is_the_best_rank_k_approximation():
     np.testing.assert_allclose(P2 @ Q2.T, U[:, :3] @ V[:, :3].T, rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="k must be"):
         low_rank_mean(U, V, 0)
+
+
+def test_sample_store_is_bounded_unless_asked(split, monkeypatch):
+    assert gibbs.default_max_samples(6040, 3706, 32) == 200  # ML-1M: 260 MB
+    assert gibbs.default_max_samples(6_800_000, 0, 7) == 8  # at least 8 whatever the size
+    train, _ = split
+    per_sample = 4 * (train.n_users + train.n_items) * 5
+    monkeypatch.setattr(gibbs, "STORE_BYTES", 10 * per_sample)
+    model = lfopt.LatentFactorModel(rank=4, epochs=60, seed=1, keep_samples=True).fit(train)
+    assert model.n_samples_ <= 10  # 54 offered, thinned evenly to fit the store
+    asked = lfopt.LatentFactorModel(rank=4, epochs=60, seed=1, keep_samples=True, max_samples=64).fit(train)
+    assert asked.n_samples_ == 54
 
 
 def test_default_samples_and_keeps_a_summary_that_predicts_as_the_samples_do(split, tmp_path):

@@ -48,7 +48,7 @@ def add_parser(sub):
                    help=f"constant part of each row's bias penalty (default: {model_default('lam0_b')})")
     g.add_argument("--init-scale", type=float, default=None,
                    help=f"initial factor scale (default: {model_default('init_scale')})")
-    g.add_argument("--epochs", type=int, default=None, help=f"maximum epochs (default: {model_default('epochs')})")
+    g.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: 40)")
     g.add_argument("--patience", type=int, default=None,
                    help=f"early-stopping patience (default: {model_default('patience')})")
     g = p.add_argument_group("split")

@@ -51,7 +51,7 @@ class LatentFactorModel(RatingRecommender):
         g = rank + 1 (about a minute on 2 cores; ML-1M at rank 32: 20 s) and the sampler can
         run (numba backend, not distributed, ``lam`` not "learn", no option the sampler
         does not take); else ``"als"``.  ``optimizer_`` is the one that ran.  The sampler
-        costs 4-15x ALS's early-stopped fit and gains 0.004-0.015 test RMSE on the shared
+        costs 4-18x ALS's early-stopped fit and gains 0.002-0.015 test RMSE on the shared
         rating sets (benchmarks/results/accuracy.md).
     epochs : maximum number of epochs (for SLF/SSLF an epoch is one Gauss-Newton step; for
         the sampler one sweep).  None: 40 epochs, 200 sweeps for the sampler.

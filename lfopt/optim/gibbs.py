@@ -324,6 +324,17 @@ class PosteriorSamples:
         return bu, bi, U, V
 
 
+#: the default sample store holds at most this many bytes (:func:`default_max_samples`)
+STORE_BYTES = 1 << 30
+
+
+def default_max_samples(m: int, n: int, f: int) -> int:
+    """``max_samples`` when not given: 200, or as many samples of (m + n)(f + 1) float32 as
+    ``STORE_BYTES`` holds, at least 8."""
+    per_sample = 4 * (int(m) + int(n)) * (int(f) + 1)
+    return int(max(8, min(200, STORE_BYTES // max(per_sample, 1))))
+
+
 # ------------------------------------------------------------------ the sampler
 @register("gibbs")
 class GibbsSampler(Optimizer):
@@ -349,8 +360,10 @@ class GibbsSampler(Optimizer):
     thin : keep every ``thin``-th sweep after burn-in.
     max_samples : at most this many samples are held; beyond it the kept
         samples are thinned evenly (:class:`PosteriorSamples`).  Memory:
-        max_samples (m + n) rank float32; ML-1M rank 32: 1.25 MB a sample, 250 MB
-        at the default 200.
+        max_samples (m + n) (rank + 1) float32; ML-1M rank 32: 1.3 MB a sample, 260 MB
+        for 200.  None (the default): 200, or as many as ``STORE_BYTES`` (1 GiB) holds
+        (at least 8), so that a large model cannot exhaust the memory (6.8M rows at
+        rank 7: 8 samples, 1.7 GB, instead of a 44 GB store; ML-1M at rank 32 keeps 200).
     warm_lambda : with ``warm_start``, a count-weighted ridge warm_lambda n_u;
         default: the regularizer of the objective when it is an L2 (lam0 + lam n_u),
         else the variance of the ratings around the bias-only fit times n_u.
@@ -390,7 +403,7 @@ class GibbsSampler(Optimizer):
     divergence_advice = "Check the data (a Gibbs sweep has no step size)."
 
     def __init__(self, burn_in: int = 20, prior: str = "normal-wishart", warm_start: int = 0, thin: int = 1,
-                 max_samples: int = 200, warm_lambda: float | None = None, rao_blackwell: bool = True,
+                 max_samples: int | None = None, warm_lambda: float | None = None, rao_blackwell: bool = True,
                  noise: str = "auto", df_every: int = 10, seed: int = 0):
         super().__init__(seed)
         self.burn_in = _count("burn_in", burn_in, 0)
@@ -399,7 +412,7 @@ class GibbsSampler(Optimizer):
         self.prior = prior.lower()
         self.warm_start = _count("warm_start", warm_start, 0)
         self.thin = _count("thin", thin, 1)
-        self.max_samples = _count("max_samples", max_samples, 1)
+        self.max_samples = None if max_samples is None else _count("max_samples", max_samples, 1)
         if warm_lambda is not None and (isinstance(warm_lambda, bool) or not isinstance(warm_lambda, Real)
                                         or not np.isfinite(warm_lambda) or warm_lambda <= 0):
             raise ConfigError(f"warm_lambda must be a finite number > 0, got {warm_lambda!r}")
@@ -460,7 +473,7 @@ class GibbsSampler(Optimizer):
             P[:] = rng.standard_normal(P.shape)
             Q[:] = rng.standard_normal(Q.shape)
         self._st = st
-        self._samples = PosteriorSamples(m, n, f, use_bias, self.max_samples)
+        self._samples = PosteriorSamples(m, n, f, use_bias, self.max_samples or default_max_samples(m, n, f))
         return st
 
     # ---------------------------------------------------------------- sweeps
