@@ -106,6 +106,21 @@ def test_auto_falls_back_to_als_where_the_sampler_cannot_or_should_not_run(split
     assert model.optimizer_.name == "als" and model.n_samples_ == 0 and model.n_valid_ > 0
 
 
+def test_degenerate_data_samples_without_a_false_divergence():
+    import pandas as pd
+
+    constant = pd.DataFrame({"user": [1, 1, 2, 2, 3], "item": [1, 2, 1, 3, 2], "rating": [4.0] * 5})
+    tiny = pd.DataFrame({"user": [1, 2, 3], "item": [1, 1, 2], "rating": [1.0, 5.0, 3.0]})
+    for df in (constant, tiny):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "diverged" (nor any other) warning
+            model = lfopt.LatentFactorModel().fit(df)
+        assert model.stopped_ == "max_epochs" and model.n_samples_ == 180
+        pred = model.predict(df.user.values, df.item.values)
+        assert np.all(np.isfinite(pred)) and np.all((pred >= 1.0) & (pred <= 5.0))
+    assert np.allclose(lfopt.LatentFactorModel().fit(constant).predict([1, 2], [1, 3]), 4.0)
+
+
 def test_cli_default_says_what_ran(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["train", "--n-users", "200", "--n-items", "150", "--nnz", "6000", "--rank", "3", "--epochs", "30",

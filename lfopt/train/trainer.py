@@ -106,7 +106,8 @@ class Trainer:
     ``higher_is_better`` its direction (default: from the name).  ``patience``
     epochs without a relative improvement of ``min_delta`` stop training and
     restore the best epoch.  A non-finite loss or parameter, or a loss above
-    ``divergence_factor`` times the initial loss, stops training with the last
+    ``divergence_factor`` times the initial loss (not for a sampler, ``is_sampler``: a draw
+    may sit far above a start that fits nearly everything), stops training with the last
     good parameters kept (``TrainResult.stopped == "diverged"``).
     ``callback(y, row)`` runs after every epoch with the epoch's history row
     (which it may extend); the estimators wrap it as ``callback(model, row)``.
@@ -260,6 +261,7 @@ class Trainer:
         bk = objective.backend
         extra_state = objective.extra_state
         hook = getattr(objective, "after_epoch", None)
+        sampler = bool(getattr(optimizer, "is_sampler", False))
         best = None
         best_value = math.nan
         since_best = 0
@@ -282,7 +284,9 @@ class Trainer:
             loss = float(loss)
             row = {"epoch": epoch, "train_loss": loss, "seconds": elapsed, "epoch_seconds": step_seconds}
             finite = math.isfinite(loss) and bk.all_finite(y)
-            if not finite or loss > self.divergence_factor * max(abs(loss0), 1e-12):
+            # a sampler's draw may sit far above a start that fits nearly everything (constant ratings,
+            # a handful of them): only a non-finite sample is a failure there
+            if not finite or (not sampler and loss > self.divergence_factor * max(abs(loss0), 1e-12)):
                 y[:] = last_good
                 objective.set_extra_state(_copy_state(last_extra))
                 res.stopped = "diverged"
