@@ -12,7 +12,7 @@ fit of every lfopt configuration on a tiny dataset first):
   trains on one thread when seeded (its rule);
 * myFM (Bayesian FM by Gibbs sampling, METHODS.md section 5c): rank 10 on every
   dataset, and rank 32 on ML-1M, 200 sweeps (the mean over the last 195 samples);
-* lfopt with no option: ``LatentFactorModel().fit(train)``;
+* lfopt with no option: ``LatentFactorModel().fit(train)`` (``optimizer="auto"``: the sampler on all five);
 * lfopt with learned Lambda, per optimizer: ``LatentFactorModel(optimizer=o, lam="learn")``;
 * lfopt's best pipeline: ``LatentFactorModel(preset="accurate", time_budget=20)``.
 
