@@ -72,6 +72,19 @@ def test_default_samples_and_keeps_a_summary_that_predicts_as_the_samples_do(spl
     back = lfopt.load(path)
     assert back.n_samples_ == 54 and back.method_ == "gibbs" and back.rank_ == 4
     np.testing.assert_allclose(back.predict(rows, cols), pa, rtol=1e-6)
+    # a new user's row is its posterior mean under the trained users' population, the same after load
+    for m in (auto, back):
+        m.fold_in(10**6, train.item_ids[:5], [5.0, 4.0, 5.0, 1.0, 2.0])
+    np.testing.assert_allclose(back.predict([10**6] * 4, train.item_ids[5:9]),
+                               auto.predict([10**6] * 4, train.item_ids[5:9]), rtol=1e-6)
+    prior = auto.fold_in_prior_
+    bu, bi, P, Q = (np.asarray(a, np.float64) for a in auto.factors())
+    Z = np.hstack([Q[:5], np.ones((5, 1))])
+    t = np.array([5.0, 4.0, 5.0, 1.0, 2.0]) - auto.mu_ - bi[:5]
+    A = prior["precision"] + Z.T @ Z / prior["noise"]
+    z = np.linalg.solve(A, prior["precision"] @ prior["mean"] + Z.T @ t / prior["noise"])
+    row = auto.n_users_ - 1
+    np.testing.assert_allclose(np.append(P[row], bu[row]), z, rtol=1e-4, atol=1e-5)
 
 
 def test_summary_model_carries_on_with_sgd_and_folds_in(split):

@@ -49,7 +49,7 @@ def test_fold_in_ml100k(ml100k_split, tmp_path):
     print(f"\nML-100K, 50 held-out users: fallback RMSE {fallback:.4f}  fold-in RMSE {rmse_fold:.4f}  "
           f"retrained RMSE {rmse_retrain:.4f}  (fold-in / retrain = {rmse_fold / rmse_retrain:.4f})")
     assert rmse_fold < fallback - 0.02
-    assert rmse_fold <= 1.02 * rmse_retrain
+    assert rmse_fold <= 1.01 * rmse_retrain  # the sampled default's population prior: 1.0022
     # the folded-in users survive save/load, with their seen items
     path = folded.save(tmp_path / "folded.npz")
     back = lfopt.estimators.load(path)

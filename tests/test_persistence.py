@@ -369,6 +369,8 @@ def _reshape_params(a, m):
     ("gibbs", lambda a, m: m["state"].update(n_samples=-2), ["n_samples"]),
     ("auto", lambda a, m: m["state"].update(n_averaged="many"), ["n_averaged"]),
     ("auto", lambda a, m: m["state"].update(method="magic"), ["method"]),
+    ("auto", lambda a, m: m["state"]["fold_in_prior"].update(noise=-1.0), ["fold_in_prior"]),
+    ("auto", lambda a, m: m["state"]["fold_in_prior"].update(mean=[0.0]), ["fold_in_prior"]),
 ])
 def test_swapped_shapes_and_bad_state_are_refused(tmp_path, every_kind, kind, edit, words):
     path = tmp_path / "tampered.npz"

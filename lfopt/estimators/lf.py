@@ -336,6 +336,7 @@ class LatentFactorModel(RatingRecommender):
         self.n_train_ = train.nnz
         self.n_valid_ = 0 if valid is None else valid.nnz
         self.posterior_ = None
+        self.fold_in_prior_ = None
         self.n_averaged_ = 0
         sampler = bool(getattr(opt, "is_sampler", False))
         evaluate = None
@@ -366,7 +367,7 @@ class LatentFactorModel(RatingRecommender):
         result = trainer.run(obj, opt, y, evaluate)
         self.params_ = self._to_raw(bk.to_numpy(y))
         if sampler:
-            self._keep_posterior(opt, _posterior_from(opt, result, scale))
+            self._keep_posterior(opt, _posterior_from(opt, result, scale), train)
         self.history_ = result.history
         self.train_result_ = result
         self.optimizer_ = opt
@@ -375,7 +376,7 @@ class LatentFactorModel(RatingRecommender):
         if result.stopped == "diverged":
             warnings.warn(result.message, RuntimeWarning, stacklevel=3)
 
-    def _keep_posterior(self, opt, post) -> None:
+    def _keep_posterior(self, opt, post, train: Interactions) -> None:
         """The sampler's average as the model: all the samples (``keep_samples``) or the rank-``rank_``
         summary of their mean as the factors of ``params_`` (the store is then let go)."""
         f = int(self.rank_)
@@ -390,6 +391,26 @@ class LatentFactorModel(RatingRecommender):
             post = None
             opt.drop_samples()
         self.posterior_ = post
+        self.fold_in_prior_ = self._population_prior(train) if (post is None and self.n_averaged_) else None
+
+    def _population_prior(self, train: Interactions) -> dict:
+        """The prior a new user's row gets after sampling (empirical Bayes): the mean and precision of
+        the trained users' rows (p_u, b_u) of the summary, and the noise variance of its training
+        residuals, in rating units.  Fold-in is then the row's posterior mean under it, so it needs
+        no lam (the sampler used none): ML-100K, 50 users folded in from half their ratings, test
+        RMSE 0.8650 on the other half against 0.8753 with the ALS ridge and 0.8631 refit with them."""
+        bu, _, P, _ = self.layout_.unpack(self.params_)
+        seen = self.user_counts_ > 0
+        X = P[seen].astype(np.float64)
+        if self.use_bias:
+            X = np.hstack([X, bu[seen, None].astype(np.float64)])
+        g = X.shape[1]
+        mean = X.mean(axis=0) if len(X) else np.zeros(g)
+        cov = np.cov(X.T).reshape(g, g) if len(X) > 1 else np.eye(g)
+        cov = cov + (1e-6 * max(float(np.trace(cov)) / g, 1e-12)) * np.eye(g)  # a ridge for degenerate rows
+        pred, _ = self._predict_indices(train.users, train.items, clip=False)
+        noise = float(np.mean((pred - train.values) ** 2)) if train.nnz else 1.0
+        return {"mean": mean, "precision": np.linalg.inv(cov), "noise": max(noise, 1e-12)}
 
     def _plan(self) -> dict:
         """What one fit runs: the sampling pipeline (``preset="accurate"``, or ``optimizer="auto"``
@@ -507,6 +528,10 @@ class LatentFactorModel(RatingRecommender):
                 "n_samples": 0 if getattr(self, "posterior_", None) is None else self.n_samples_,
                 "n_averaged": self.n_samples_, "method": getattr(self, "method_", None)}
         meta["scale"] = float(getattr(self, "scale_", 1.0))  # the standardization unit (fold_in, partial_fit)
+        prior = getattr(self, "fold_in_prior_", None)
+        if prior is not None:  # a sampled model's fold-in prior (see _population_prior)
+            meta["fold_in_prior"] = {"mean": prior["mean"].tolist(), "precision": prior["precision"].tolist(),
+                                     "noise": prior["noise"]}
         if self.lam == "learn" and hasattr(self, "objective_"):  # the learned penalty a new row gets
             meta["fold_in_penalty"] = [np.asarray(c, dtype=np.float64).tolist() for c in self._fold_in_penalty()]
         return meta
@@ -551,6 +576,7 @@ class LatentFactorModel(RatingRecommender):
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not np.isfinite(scale) or scale <= 0:
             raise ModelFileError(f"damaged lfopt model file (state 'scale' must be a number > 0, found {scale!r})")
         self.scale_ = float(scale)
+        self.fold_in_prior_ = _prior_from_meta(meta.get("fold_in_prior"), f + (1 if self.use_bias else 0))
         if meta.get("fold_in_penalty") is not None:
             try:
                 pen = tuple(np.asarray(c, dtype=np.float64) for c in meta["fold_in_penalty"])
@@ -636,6 +662,9 @@ class LatentFactorModel(RatingRecommender):
         (bias: their mean); the point parameters ``params_`` get the solve against the last sample.
         Returns ``(b_u, p_u, posterior (b_u, P row) or None)`` in rating units.
         """
+        prior = getattr(self, "fold_in_prior_", None)
+        if prior is not None and getattr(self, "posterior_", None) is None:
+            return (*self._population_row(prior, cols, values), None)
         s = float(getattr(self, "scale_", 1.0))
         rs = np.float64(np.sqrt(s))
         wx, wb = self._fold_in_weights(len(cols))
@@ -655,6 +684,19 @@ class LatentFactorModel(RatingRecommender):
                 bs.append(bk)
             post = (float(np.mean(bs)) * s, np.concatenate(xs) * rs / np.sqrt(S))
         return b * s, x * rs, post
+
+    def _population_row(self, prior: dict, cols, values):
+        """``(b_u, p_u)``: the posterior mean of a new row under the population prior
+        (:meth:`_population_prior`), the item side fixed; rating units, float64."""
+        bu, bi, P, Q = self.layout_.unpack(self.params_)
+        Z = np.asarray(Q[cols], dtype=np.float64)
+        t = np.asarray(values, dtype=np.float64) - (self.mu_ if self.use_bias else 0.0)
+        if self.use_bias:
+            t = t - np.asarray(bi[cols], dtype=np.float64)
+            Z = np.hstack([Z, np.ones((len(cols), 1))])
+        prec, mean, noise = prior["precision"], prior["mean"], prior["noise"]
+        z = np.linalg.solve(prec + Z.T @ Z / noise, prec @ mean + Z.T @ t / noise)
+        return (float(z[-1]), z[:-1]) if self.use_bias else (0.0, z)
 
     def _set_user_row(self, row: int, state) -> None:
         b, x, post = state
@@ -823,6 +865,26 @@ def _posterior_from(opt, result, scale: float):
         P *= np.float32(np.sqrt(scale))
         Q *= np.float32(np.sqrt(scale))
     return bu, bi, P, Q
+
+
+def _prior_from_meta(value, g: int):
+    """The fold-in prior saved with a sampled model (None when absent), checked."""
+    from ..errors import ModelFileError
+
+    if value is None:
+        return None
+    try:
+        mean = np.asarray(value["mean"], dtype=np.float64)
+        prec = np.asarray(value["precision"], dtype=np.float64)
+        noise = float(value["noise"])
+        ok = (mean.shape == (g,) and prec.shape == (g, g) and np.isfinite(mean).all() and np.isfinite(prec).all()
+              and np.isfinite(noise) and noise > 0)
+    except (TypeError, ValueError, KeyError):
+        ok = False
+    if not ok:
+        raise ModelFileError(f"damaged lfopt model file (state 'fold_in_prior' must hold a mean of {g} numbers, a "
+                             f"{g} x {g} precision and a noise variance > 0)")
+    return {"mean": mean, "precision": prec, "noise": noise}
 
 
 def _posterior_from_file(arrays, meta, m, n, f, use_bias):
