@@ -502,14 +502,12 @@ class LatentFactorModel(RatingRecommender):
             pred[both] = 0.0
         if dots is not None:
             pred[both] += dots(both)
-        elif getattr(self, "posterior_", None) is not None:  # S samples side by side: no gathered copy
+        else:  # one parallel pass over the pairs, no gathered copies of their rows (S samples side by side too)
             from ..kernels.gibbs import pair_dots
 
             out = np.empty(int(both.sum()), dtype=np.float64)
-            pair_dots(ru[both], ci[both], P, Q, P.shape[1], out)
+            pair_dots(ru[both], ci[both], np.ascontiguousarray(P), np.ascontiguousarray(Q), P.shape[1], out)
             pred[both] += out
-        else:
-            pred[both] += np.einsum("ij,ij->i", P[ru[both]], Q[ci[both]], dtype=np.float64)
         if clip:
             np.clip(pred, *self.rating_range_, out=pred)
         return pred, ~both
