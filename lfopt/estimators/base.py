@@ -656,10 +656,14 @@ class Recommender:
         fit (old and new, for ALS), not only the new ones, unless you want the rows they
         touch refit on the new ones alone.  Counts and seen items grow by the new pairs.
         A sampled ``LatentFactorModel`` (the default ``optimizer="auto"`` on small data) has
-        no optimizer to carry on: it takes ``epochs`` (default 1) SGD epochs from the
-        summary of its posterior mean, which keeps most of what the sampler gave (synthetic
-        300 x 200, 80 % of the ratings then all of them: test RMSE 0.7526 -> 0.7578, where
-        ALS epochs would give 0.8631 and a fresh fit on all 0.7336); fit again for the best.
+        no optimizer to carry on: it updates every row ``data`` touches to its posterior mean
+        given the new ratings, the other side fixed and its current row as the prior (with the
+        precision of the ratings it was fitted on; new rows: the population prior of fold-in),
+        users then items, in one exact pass (``epochs`` is not used; a pair given again counts
+        once, so pass the new ratings).  ML-100K fitted on 80 % of the training part, then the
+        other 20 % given: test RMSE 0.8910 -> 0.8856 (0.8883 given all of it; a fresh fit on all
+        0.8814); SGD epochs from the summary would give 0.7526 -> 0.7578 where this gives 0.7307
+        on a synthetic set (fresh fit 0.7336).
         Returns the model.
 
         >>> import lfopt
