@@ -531,9 +531,9 @@ class LatentFactorModel(RatingRecommender):
         from ..errors import ModelFileError
         from ..models.base import ParamLayout
 
-        self.params_ = arrays["params"]
         from ..optim.base import make_optimizer
 
+        self.params_ = arrays["params"]
         method = meta.get("method")  # absent in older files: the named optimizer (or the preset's sampler)
         if method is not None:
             try:
@@ -645,8 +645,10 @@ class LatentFactorModel(RatingRecommender):
         return (z[:-1], float(z[-1])) if self.use_bias else (z, 0.0)
 
     def _fold_in_row(self, cols, values):
-        """The ALS ridge solve of one user's row with the items fixed: the same penalty as training
-        (``_fold_in_weights(len(cols))``) in the standardized units the model was trained in.
+        """After sampling (the summary kept), the row's posterior mean under the trained users'
+        population (:meth:`_population_row`).  Else the ALS ridge solve of one user's row with the
+        items fixed: the same penalty as training (``_fold_in_weights(len(cols))``) in the
+        standardized units the model was trained in.
 
         After Gibbs sampling the row is solved against each kept sample's item factors (with the
         posterior-mean item biases) and the solutions side by side form its posterior-mean row
@@ -679,15 +681,15 @@ class LatentFactorModel(RatingRecommender):
     def _population_row(self, prior: dict, cols, values):
         """``(b_u, p_u)``: the posterior mean of a new row under the population prior
         (:meth:`_population_prior`), the item side fixed; rating units, float64."""
-        bu, bi, P, Q = self.layout_.unpack(self.params_)
-        Z = np.asarray(Q[cols], dtype=np.float64)
-        t = np.asarray(values, dtype=np.float64) - (self.mu_ if self.use_bias else 0.0)
-        if self.use_bias:
-            t = t - np.asarray(bi[cols], dtype=np.float64)
-            Z = np.hstack([Z, np.ones((len(cols), 1))])
-        prec, mean, noise = prior["precision"], prior["mean"], prior["noise"]
-        z = np.linalg.solve(prec + Z.T @ Z / noise, prec @ mean + Z.T @ t / noise)
+        _, bi, _, Q = self.layout_.unpack(self.params_)
+        z = _row_posterior_mean(prior["precision"], prior["mean"], _design(Q, cols, self.use_bias),
+                                self._targets(values, bi, cols), prior["noise"])
         return (float(z[-1]), z[:-1]) if self.use_bias else (0.0, z)
+
+    def _targets(self, values, b_other, cols) -> np.ndarray:
+        """What a row's factors fit of its ratings: r - mu - b_other (r without biases), float64."""
+        t = np.asarray(values, dtype=np.float64)
+        return t - self.mu_ - np.asarray(b_other[cols], dtype=np.float64) if self.use_bias else t
 
     def _bayes_update(self, train: Interactions) -> None:
         """partial_fit of a sampled model: every user row with entries in ``train`` becomes its
@@ -699,7 +701,6 @@ class LatentFactorModel(RatingRecommender):
         seen = self._seen()  # the pairs fitted so far (this call's are added after)
         bu, bi, P, Q = self.layout_.unpack(self.params_)
         noise = float(self.fold_in_prior_["noise"])
-        mu = self.mu_ if self.use_bias else 0.0
         item_prior = _row_population(Q, bi, self.item_counts_ > 0, self.use_bias)
         for side, prior in (("u", self.fold_in_prior_), ("i", item_prior)):
             if side == "u":
@@ -709,9 +710,7 @@ class LatentFactorModel(RatingRecommender):
             prec, mean = prior["precision"], prior["mean"]
             for r in np.flatnonzero(np.diff(new.indptr)):
                 cols = new.indices[new.indptr[r]:new.indptr[r + 1]]
-                vals = new.data[new.indptr[r]:new.indptr[r + 1]].astype(np.float64)
-                Zn = _design(Y, cols, self.use_bias)
-                t = vals - mu - (np.asarray(by[cols], np.float64) if self.use_bias else 0.0)
+                t = self._targets(new.data[new.indptr[r]:new.indptr[r + 1]], by, cols)
                 had = old.indices[old.indptr[r]:old.indptr[r + 1]] if r < len(old.indptr) - 1 else cols[:0]
                 had = np.setdiff1d(had, cols)  # a pair given again replaces what the row knew of it
                 if len(had):  # the row's current value, as precise as the other ratings it was fitted on
@@ -720,7 +719,7 @@ class LatentFactorModel(RatingRecommender):
                     m0 = np.append(X[r], bx[r]) if self.use_bias else np.asarray(X[r], np.float64)
                 else:
                     p0, m0 = prec, mean
-                z = np.linalg.solve(p0 + Zn.T @ Zn / noise, p0 @ m0 + Zn.T @ t / noise)
+                z = _row_posterior_mean(p0, m0, _design(Y, cols, self.use_bias), t, noise)
                 X[r] = z[:X.shape[1]]
                 if self.use_bias:
                     bx[r] = z[-1]
@@ -905,6 +904,11 @@ def _design(Y, cols, use_bias: bool) -> np.ndarray:
     """Rows Y[cols] (float64), with a column of ones for the bias."""
     Z = np.asarray(Y[cols], dtype=np.float64)
     return np.hstack([Z, np.ones((len(cols), 1))]) if use_bias else Z
+
+
+def _row_posterior_mean(prec, mean, Z, t, noise: float) -> np.ndarray:
+    """argmax of N(z; mean, prec^-1) N(t; Z z, noise I): (prec + Z^T Z / noise)^-1 (prec mean + Z^T t / noise)."""
+    return np.linalg.solve(prec + Z.T @ Z / noise, prec @ mean + Z.T @ t / noise)
 
 
 def _row_population(X, b, seen, use_bias: bool) -> dict:

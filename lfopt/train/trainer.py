@@ -17,8 +17,9 @@ labelled columns under a header (``"lines"``; what logs and pipes get)::
 
 ``epoch_s`` is the epoch's training time, ``total_s`` the training time so far
 (validation scoring excluded from both).  A run of more than ``LINE_EVERY_AFTER`` (50)
-epochs prints epochs 1-10, then every 10th, and its last (a sampler's 200 sweeps: 30 lines).  :func:`progress_style` sets the style
-for every trainer created inside a ``with`` block (the CLI's ``--progress``).
+epochs prints epochs 1-10, then every 10th, and its last (a sampler's 200 sweeps: 29
+lines).  :func:`progress_style` sets the style for every trainer created inside a
+``with`` block (the CLI's ``--progress``).
 Each history row is also sent to the ``logging`` logger ``"lfopt"`` at DEBUG level.
 
 The parameter vector ``y`` lives on the objective's backend (a numpy array or a
