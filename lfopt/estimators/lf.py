@@ -19,6 +19,8 @@ _FIXED = ("rank", "optimizer", "epochs", "lam", "lam_b", "lam0", "lam0_b", "use_
 #: multiply-adds, 200 (|K| g^2 + (m + n) g^3) with g = rank + 1 (the Gram of every row and its
 #: Cholesky factor): about 75 s on 2 cores (ML-1M at rank 32, 2.7e11, takes ~20 s).
 AUTO_SAMPLING_WORK = 1e12
+#: parameters only an optimizer uses: one set away from its default makes ``optimizer="auto"`` ALS
+PENALTY_PARAMS = ("lam", "lam_b", "lam0", "lam0_b", "granularity")
 #: sweeps of the sampler when ``epochs`` is None (myFM's and BPMF's usual chain length)
 DEFAULT_SWEEPS = 200
 #: epochs of an optimizer when ``epochs`` is None
@@ -49,8 +51,9 @@ class LatentFactorModel(RatingRecommender):
         training data) for ``epochs`` sweeps (default 200) where they cost at most
         ``AUTO_SAMPLING_WORK`` (1e12) multiply-adds, 200 (|K| g^2 + (m + n) g^3) with
         g = rank + 1 (about a minute on 2 cores; ML-1M at rank 32: 20 s) and the sampler can
-        run (numba backend, not distributed, ``lam`` not "learn", no option the sampler
-        does not take); else ``"als"``.  ``optimizer_`` is the one that ran.  The sampler
+        run (numba backend, not distributed, ``lam``, ``lam0``, ``lam_b``, ``lam0_b`` and
+        ``granularity`` at their defaults: a penalty set by hand asks for the optimizer that
+        uses it; no option the sampler does not take); else ``"als"``.  ``optimizer_`` is the one that ran.  The sampler
         costs 4-18x ALS's early-stopped fit and gains 0.002-0.015 test RMSE on the shared
         rating sets (benchmarks/results/accuracy.md).
     epochs : maximum number of epochs (for SLF/SSLF an epoch is one Gauss-Newton step; for
@@ -230,6 +233,11 @@ class LatentFactorModel(RatingRecommender):
             return self.optimizer
         if self.distributed or self.backend != "numba" or self.lam == "learn":
             return "als"
+        import inspect
+
+        defaults = inspect.signature(LatentFactorModel.__init__).parameters
+        if any(getattr(self, k) != defaults[k].default for k in PENALTY_PARAMS):
+            return "als"  # a penalty was chosen: the optimizer that uses it (the sampler learns its own)
         from ..optim.base import make_optimizer
 
         try:  # an option only another optimizer takes (lr, cg_iters, ...) asks for that one: ALS
