@@ -144,7 +144,10 @@ def test_cli_default_says_what_ran(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["train", "--n-users", "200", "--n-items", "150", "--nnz", "6000", "--rank", "3", "--epochs", "30",
                  "--output", str(out)]) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert "optimizer gibbs (auto, 27 samples averaged, their rank-3 summary)" in text
+    header = [line.split() for line in captured.err.splitlines() if line.split()[:1] == ["epoch"]]
+    assert header and "samples" in header[0]  # the progress lines count the samples averaged
     res = json.loads(out.read_text())
     assert res["options"]["optimizer"] == "gibbs" and res["n_valid"] == 0

@@ -395,6 +395,8 @@ def _columns(row: dict, metric: str, epochs: int) -> list:
     cols = [("epoch", "epoch", max(5, len(str(epochs))), "d"), ("train_loss", "train_loss", 11, ".5g")]
     for key in _metric_keys(row, metric):
         cols.append((key, key, max(10, len(key)), ".4f"))
+    if "kept" in row:  # a sampler: the samples its average holds so far
+        cols.append(("samples", "kept", 7, ".0f"))
     cols += [("epoch_s", "epoch_seconds", 8, ".2f"), ("total_s", "seconds", 8, ".2f")]
     return cols
 
