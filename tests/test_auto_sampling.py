@@ -100,6 +100,15 @@ def test_summary_model_updates_rows_by_their_posterior_and_folds_in(split):
     assert model.n_samples_ > 0 and after < before - 0.005, (before, after)  # 20 % more ratings help
     assert len(untouched) > 0
     np.testing.assert_array_equal(model.factors()[2][untouched], p_before)  # rows without new ratings stay
+    # pairs fitted before are not counted again: the same data twice, or old and new together
+    after_once = [a.copy() for a in model.factors()]
+    model.partial_fit(new)
+    assert model.history_[-1]["users_updated"] == 0 and model.history_[-1]["items_updated"] == 0
+    for a, b in zip(model.factors(), after_once):
+        np.testing.assert_array_equal(a, b)
+    both = lfopt.LatentFactorModel(rank=4, epochs=40, seed=2).fit(old).partial_fit(train)
+    for a, b in zip(both.factors(), after_once):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     model.fold_in(10**6, train.item_ids[:3], [4.0, 3.0, 5.0])
     assert np.all(np.isfinite(model.predict([10**6] * 2, train.item_ids[3:5])))
 

@@ -704,24 +704,31 @@ class LatentFactorModel(RatingRecommender):
         posterior mean given them, the items fixed, its prior the row it had with the precision of
         the ratings it was fitted on (population precision + Z_old^T Z_old / noise; a new user: the
         population, as fold-in); then every item row likewise against the updated users, its prior
-        from the trained items' rows.  A pair fitted before and given again counts once (passing
-        old and new ratings re-solves the rows from all of them).  One exact pass, no epochs."""
+        from the trained items' rows.  A pair fitted before is already in its rows' priors and is not
+        counted again (pass old and new ratings or the new ones alone: the same update).  One exact
+        pass, no epochs."""
         seen = self._seen()  # the pairs fitted so far (this call's are added after)
         bu, bi, P, Q = self.layout_.unpack(self.params_)
         noise = float(self.fold_in_prior_["noise"])
         item_prior = _row_population(Q, bi, self.item_counts_ > 0, self.use_bias)
+        rows_updated = {}
         for side, prior in (("u", self.fold_in_prior_), ("i", item_prior)):
             if side == "u":
                 new, old, X, bx, Y, by = train.csr, seen.csr, P, bu, Q, bi
             else:
                 new, old, X, bx, Y, by = train.csc, _transpose(seen).csr, Q, bi, P, bu
             prec, mean = prior["precision"], prior["mean"]
+            updated = 0
             for r in np.flatnonzero(np.diff(new.indptr)):
                 cols = new.indices[new.indptr[r]:new.indptr[r + 1]]
-                t = self._targets(new.data[new.indptr[r]:new.indptr[r + 1]], by, cols)
+                vals = new.data[new.indptr[r]:new.indptr[r + 1]]
                 had = old.indices[old.indptr[r]:old.indptr[r + 1]] if r < len(old.indptr) - 1 else cols[:0]
-                had = np.setdiff1d(had, cols)  # a pair given again replaces what the row knew of it
-                if len(had):  # the row's current value, as precise as the other ratings it was fitted on
+                fresh = ~np.isin(cols, had)  # a pair fitted before is in the row already: not counted twice
+                if not fresh.any():
+                    continue
+                cols, t = cols[fresh], self._targets(vals[fresh], by, cols[fresh])
+                updated += 1
+                if len(had):  # the row's current value, as precise as the ratings it was fitted on
                     Zo = _design(Y, had, self.use_bias)
                     p0 = prec + Zo.T @ Zo / noise
                     m0 = np.append(X[r], bx[r]) if self.use_bias else np.asarray(X[r], np.float64)
@@ -731,8 +738,9 @@ class LatentFactorModel(RatingRecommender):
                 X[r] = z[:X.shape[1]]
                 if self.use_bias:
                     bx[r] = z[-1]
-        self.history_ = list(self.history_) + [{"epoch": 1, "phase": "partial_fit", "rows_updated": int(
-            np.count_nonzero(np.diff(train.csr.indptr)) + np.count_nonzero(np.diff(train.csc.indptr)))}]
+            rows_updated[side] = updated
+        self.history_ = list(self.history_) + [{"epoch": 1, "phase": "partial_fit",
+                                                "users_updated": rows_updated["u"], "items_updated": rows_updated["i"]}]
         lo, hi = self.rating_range_
         self.rating_range_ = (min(lo, float(train.values.min())), max(hi, float(train.values.max())))
 
