@@ -123,7 +123,8 @@ def test_auto_falls_back_to_als_where_the_sampler_cannot_or_should_not_run(split
     assert method(lam="learn") == "als"
     assert method(lam=0.1) == "als" and method(lam0=2.0) == "als"  # a penalty by hand: the optimizer using it
     assert method(lam=0.05, lam0=6.0) == "gibbs"  # the defaults, given explicitly
-    assert method(lr=0.01) == "als"  # an option only a gradient optimizer takes
+    with pytest.raises(lfopt.errors.ConfigError, match="sgd, adam, adago"):
+        method(lr=0.01)  # an option only gradient optimizers take: say which
     assert method(burn_in=5) == "gibbs"  # a sampler option keeps the sampler
     assert method(optimizer="sgd") == "sgd" and method(preset="accurate") == "gibbs"
     work = lf_module.sampling_work(train.n_users, train.n_items, train.nnz, 4)

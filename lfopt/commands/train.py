@@ -23,6 +23,7 @@ import warnings
 from ..data.split import align_test, fixed_split, random_split
 from ..errors import ConfigError, DataError, DivergenceError
 from ..estimators import LatentFactorModel
+from ..estimators.lf import auto_candidate
 from ..optim.base import make_optimizer
 from ..results import model_path, peak_memory_mb, write_json
 from .common import (add_backend_options, add_data_options, add_output_options, add_rating_data_options,
@@ -148,12 +149,9 @@ def optimizer_options(args) -> dict:
     if getattr(args, "precondition", None):
         opts["precondition"] = args.precondition
     name = args.optimizer or _model_default("optimizer")
-    if name == "auto" and opts:  # auto runs the sampler or ALS: the options must suit one of them
-        try:
-            make_optimizer("gibbs", **opts)
-        except (ConfigError, TypeError):
-            make_optimizer("als", **opts)
-    elif name != "auto":
+    if name == "auto":  # auto runs the sampler or ALS: the options must suit one of them
+        auto_candidate(opts)
+    else:
         make_optimizer(name, **opts)  # validates names and values early
     return opts
 

@@ -27,6 +27,28 @@ DEFAULT_SWEEPS = 200
 DEFAULT_EPOCHS = 40
 
 
+def auto_candidate(options: dict) -> str:
+    """Which optimizer ``"auto"`` may run with these optimizer options: "gibbs" when the sampler
+    takes them all, else "als" when it does; else a ConfigError naming the optimizers that do."""
+    from ..optim.base import make_optimizer
+
+    def takes(name):
+        try:
+            make_optimizer(name, **options)
+        except (ConfigError, TypeError):
+            return False
+        return True
+
+    for name in ("gibbs", "als"):
+        if takes(name):
+            return name
+    takers = [n for n in ("sgd", "adam", "adago", "slf", "sslf") if takes(n)]
+    given = sorted(k for k, v in options.items() if v is not None)
+    hint = f"choose one that does: {', '.join(takers)}" if takers else "no optimizer takes them all"
+    raise ConfigError(f"optimizer='auto' runs the Gibbs sampler or ALS, which do not take option(s) {given}; {hint} "
+                      f"(optimizer=..., CLI --optimizer)")
+
+
 def sampling_work(n_users: int, n_items: int, nnz: int, rank: int, use_bias: bool = True,
                   sweeps: int = DEFAULT_SWEEPS) -> float:
     """Multiply-adds of ``sweeps`` Gibbs sweeps, the rule of ``optimizer="auto"``."""
@@ -53,7 +75,8 @@ class LatentFactorModel(RatingRecommender):
         g = rank + 1 (about a minute on 2 cores; ML-1M at rank 32: 20 s) and the sampler can
         run (numba backend, not distributed, ``lam``, ``lam0``, ``lam_b``, ``lam0_b`` and
         ``granularity`` at their defaults: a penalty set by hand asks for the optimizer that
-        uses it; no option the sampler does not take); else ``"als"``.  ``optimizer_`` is the one that ran.  The sampler
+        uses it); else ``"als"``.  An optimizer option neither takes (``lr``, ``cg_iters``...)
+        is an error that names the optimizers taking it.  ``optimizer_`` is the one that ran.  The sampler
         costs 4-18x ALS's early-stopped fit and gains 0.002-0.015 test RMSE on the shared
         rating sets (benchmarks/results/accuracy.md).
     epochs : maximum number of epochs (for SLF/SSLF an epoch is one Gauss-Newton step; for
@@ -226,7 +249,8 @@ class LatentFactorModel(RatingRecommender):
 
     def _resolve_optimizer(self, train: Interactions) -> str:
         """The optimizer a fit runs: ``optimizer``; "auto" is the sampler where it can run and its
-        default sweeps cost at most ``AUTO_SAMPLING_WORK`` (see the class docstring), else "als"."""
+        default sweeps cost at most ``AUTO_SAMPLING_WORK`` (see the class docstring), else "als"
+        (:func:`auto_candidate` checks the optimizer options)."""
         if self.preset == "accurate":
             return "gibbs"
         if self.optimizer != "auto":
@@ -238,11 +262,7 @@ class LatentFactorModel(RatingRecommender):
         defaults = inspect.signature(LatentFactorModel.__init__).parameters
         if any(getattr(self, k) != defaults[k].default for k in PENALTY_PARAMS):
             return "als"  # a penalty was chosen: the optimizer that uses it (the sampler learns its own)
-        from ..optim.base import make_optimizer
-
-        try:  # an option only another optimizer takes (lr, cg_iters, ...) asks for that one: ALS
-            make_optimizer("gibbs", **self.optimizer_options)
-        except (ConfigError, TypeError):
+        if auto_candidate(self.optimizer_options) == "als":
             return "als"
         work = sampling_work(train.n_users, train.n_items, train.nnz, _capped_rank(int(self.rank), train),
                              self.use_bias)
