@@ -161,3 +161,39 @@ def test_cli_default_says_what_ran(tmp_path, capsys):
     assert header and "samples" in header[0]  # the progress lines count the samples averaged
     res = json.loads(out.read_text())
     assert res["options"]["optimizer"] == "gibbs" and res["n_valid"] == 0
+
+
+def _load_predict_save(path, out):
+    model = lfopt.load(path)
+    model.predict(model.user_ids_[:3], model.item_ids_[:3])
+    model.save(out)
+
+
+def test_a_forked_process_can_use_a_model_loaded_and_used_before_the_fork(split, tmp_path):
+    """Loading a model and predicting a few pairs starts no thread pool: numba's OpenMP threads in a
+    parent kill a forked child that runs a parallel kernel ('fork() called from a process already
+    using GNU OpenMP'), which is what servers that preload a model and fork workers do."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("needs fork")
+    train, _ = split
+    path = lfopt.LatentFactorModel(rank=3, epochs=25, seed=0).fit(train).save(tmp_path / "m.npz")
+    import subprocess
+    import sys
+
+    code = (
+        "import multiprocessing as mp, sys\n"
+        "import lfopt\n"
+        "from tests.test_auto_sampling import _load_predict_save\n"
+        f"m = lfopt.load({str(path)!r}); m.predict(m.user_ids_[:3], m.item_ids_[:3])\n"
+        "p = mp.get_context('fork').Process(target=_load_predict_save, "
+        f"args=({str(path)!r}, {str(tmp_path / 'child.npz')!r}))\n"
+        "p.start(); p.join(60); sys.exit(p.exitcode)\n"
+    )
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert (tmp_path / "child.npz").exists()
