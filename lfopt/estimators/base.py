@@ -662,8 +662,9 @@ class Recommender:
         users then items, in one exact pass (``epochs`` is not used; a pair fitted before is in
         its rows already and is not counted again, so old and new ratings or the new ones alone
         give the same update).  ML-100K fitted on 80 % of the training part, then the other 20 %
-        given: test RMSE 0.8910 -> 0.8856 (a fresh fit on all 0.8814); SGD epochs from the summary would give 0.7526 -> 0.7578 where this gives 0.7307
-        on a synthetic set (fresh fit 0.7336).
+        given: test RMSE 0.8910 -> 0.8856 (a fresh fit on all 0.8814); SGD epochs from the
+        summary would give 0.7526 -> 0.7578 where this gives 0.7307 on a synthetic set (fresh fit
+        0.7336).
         Returns the model.
 
         >>> import lfopt

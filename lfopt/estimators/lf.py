@@ -81,9 +81,9 @@ class LatentFactorModel(RatingRecommender):
         run (numba backend, not distributed, ``lam``, ``lam0``, ``lam_b``, ``lam0_b`` and
         ``granularity`` at their defaults: a penalty set by hand asks for the optimizer that
         uses it); else ``"als"``.  An optimizer option neither takes (``lr``, ``cg_iters``...)
-        is an error that names the optimizers taking it.  ``optimizer_`` is the one that ran.  The sampler
-        costs 4-18x ALS's early-stopped fit and gains 0.002-0.015 test RMSE on the shared
-        rating sets (benchmarks/results/accuracy.md).
+        is an error that names the optimizers taking it.  ``optimizer_`` is the one that ran.
+        The sampler costs 4-18x ALS's early-stopped fit and gains 0.002-0.015 test RMSE on the
+        shared rating sets (benchmarks/results/accuracy.md).
     epochs : maximum number of epochs (for SLF/SSLF an epoch is one Gauss-Newton step; for
         the sampler one sweep).  None: 40 epochs, 200 sweeps for the sampler.
     lam, lam_b : count-weighted L2 strength of the factors and of the biases
@@ -302,8 +302,9 @@ class LatentFactorModel(RatingRecommender):
             if self._plan()["optimizer"] == "gibbs":
                 raise ConfigError("the Gibbs sampler (optimizer='gibbs', preset='accurate') is not available in "
                                   "distributed training")
-            obj = DistributedLFObjective(train, rank or self._fit_rank(train), regularizer=reg, use_bias=self.use_bias,
-                                         backend=self.backend, device=self.device, comm=communicator())
+            obj = DistributedLFObjective(train, rank or self._fit_rank(train), regularizer=reg,
+                                         use_bias=self.use_bias, backend=self.backend, device=self.device,
+                                         comm=communicator())
         else:
             obj = LFObjective(train, rank or self._fit_rank(train), regularizer=reg, use_bias=self.use_bias,
                               backend=self.backend, device=self.device)
@@ -767,8 +768,9 @@ class LatentFactorModel(RatingRecommender):
                 if self.use_bias:
                     bx[r] = z[-1]
             rows_updated[side] = updated
-        self.history_ = list(self.history_) + [{"epoch": 1, "phase": "partial_fit",
-                                                "users_updated": rows_updated["u"], "items_updated": rows_updated["i"]}]
+        row = {"epoch": 1, "phase": "partial_fit", "users_updated": rows_updated["u"],
+               "items_updated": rows_updated["i"]}
+        self.history_ = list(self.history_) + [row]
         lo, hi = self.rating_range_
         self.rating_range_ = (min(lo, float(train.values.min())), max(hi, float(train.values.max())))
 
