@@ -291,8 +291,13 @@ def warm_up(models, data=None, epochs: int = 2) -> float:
     tiny = _tiny_data() if data is None else data
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        todo = []
         for model in models:
             params = model.get_params()
+            todo.append((model, params))
+            if params.get("optimizer") == "auto":  # the sampler on small data, ALS on large: both paths
+                todo.append((model, {**params, "optimizer": "als"}))
+        for model, params in todo:
             names = set(type(model)._param_names()) | set(params)
             n_epochs = epochs
             gibbs = params.get("optimizer") == "gibbs" or params.get("preset") == "accurate"
@@ -309,6 +314,11 @@ def warm_up(models, data=None, epochs: int = 2) -> float:
                 copy.evaluate(tiny)
             except ConfigError:  # a model that cannot score these data; fitting compiled the kernels
                 pass
+            if hasattr(copy, "posterior_"):  # LF models score many pairs with the parallel kernel
+                from ..kernels.gibbs import pair_dots
+
+                X = np.zeros((1, 2), np.float32)
+                pair_dots(np.zeros(1, np.int64), np.zeros(1, np.int64), X, X, 2, np.empty(1))
     return time.perf_counter() - t0
 
 
