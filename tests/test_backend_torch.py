@@ -209,7 +209,8 @@ def test_get_backend_and_vector_ops(be):
     d = np.abs(g) + 0.1
     ny, nm, ns = y.copy(), m_.copy(), s.copy()
     f32 = np.float32
-    V.adaptive_moment_update(ny, g, d, nm, ns, f32(0.01), f32(0.9), f32(0.999), f32(1e-8), f32(0.19), f32(0.002))
+    V.adaptive_moment_update(ny, g, d, nm, ns, f32(0.01), f32(0.9), f32(0.999), f32(1e-8), f32(0.19), f32(0.002),
+                             f32(0.0))
     ty, tm, ts = be.asarray(y), be.asarray(m_), be.asarray(s)
     be.moment_update(ty, be.asarray(g), be.asarray(d), tm, ts, 0.01, 0.9, 0.999, 1e-8, 0.19, 0.002)
     for t, ref in ((ty, ny), (tm, nm), (ts, ns)):

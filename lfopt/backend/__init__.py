@@ -7,7 +7,7 @@ numba or torch: they call the backend they were given.  A backend offers
 * vector operations on flat parameter vectors (what optimizers and the trainer need):
   ``asarray``, ``to_numpy``, ``zeros``, ``zeros_like``, ``empty_like``, ``copy``, ``dot``
   (float64 accumulation), ``norm``, ``all_finite``, ``clamp_min_``, ``moment_update``
-  (Adam's step with a pluggable second-moment source), ``permutation``, ``index``;
+  (Adam's step with a pluggable second-moment source ``d + d_add``), ``permutation``, ``index``;
 * per-model kernel sets built once from the training data (``lf_kernels(train, ...)``),
   which own the data in the backend's memory and compute the model's oracles.
 

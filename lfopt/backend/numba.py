@@ -82,9 +82,10 @@ class NumbaBackend:
         np.maximum(x, np.float32(value), out=x)
         return x
 
-    def moment_update(self, y, g, d, m, s, lr, beta1, beta2, eps, bc1, bc2) -> None:
+    def moment_update(self, y, g, d, m, s, lr, beta1, beta2, eps, bc1, bc2, d_add: float = 0.0) -> None:
         f32 = np.float32
-        V.adaptive_moment_update(y, g, d, m, s, f32(lr), f32(beta1), f32(beta2), f32(eps), f32(bc1), f32(bc2))
+        V.adaptive_moment_update(y, g, d, m, s, f32(lr), f32(beta1), f32(beta2), f32(eps), f32(bc1), f32(bc2),
+                                 f32(d_add))
 
     def moment_update_segments(self, y, g, d, m, s, segments, lr, beta1, beta2, eps, bc1, bc2,
                                d_add: float = 0.0) -> None:

@@ -190,10 +190,13 @@ class TorchBackend:
     def clamp_min_(self, x, value: float):
         return x.clamp_min_(float(value))
 
-    def moment_update(self, y, g, d, m, s, lr, beta1, beta2, eps, bc1, bc2) -> None:
-        """m <- b1 m + (1-b1) g;  s <- b2 s + (1-b2) d^2;  y <- y - lr (m/bc1) / (sqrt(s/bc2) + eps)."""
+    def moment_update(self, y, g, d, m, s, lr, beta1, beta2, eps, bc1, bc2, d_add: float = 0.0) -> None:
+        """m <- b1 m + (1-b1) g;  s <- b2 s + (1-b2) (d + d_add)^2;  y <- y - lr (m/bc1) / (sqrt(s/bc2) + eps)
+        (``d_add``: added to ``d`` in place)."""
         f32 = np.float32
         b1, b2 = f32(beta1), f32(beta2)
+        if d_add:
+            d.add_(float(f32(d_add)))
         m.mul_(float(b1)).add_(g, alpha=float(f32(1) - b1))
         s.mul_(float(b2)).addcmul_(d, d, value=float(f32(1) - b2))
         den = (s / float(f32(bc2))).sqrt_().add_(float(f32(eps)))

@@ -8,11 +8,24 @@ from numba import njit, prange
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 
 
-@njit(parallel=True, cache=True, fastmath=False, nogil=True)
-def adaptive_moment_update(y, g, d, m, s, lr, beta1, beta2, eps, bc1, bc2):
-    """Adam-style step with second-moment source ``d`` (``d = g`` gives Adam).
+@njit(inline="always", cache=True, fastmath=False, nogil=True)
+def _moment_entry(y, g, d, m, s, k, lr, beta1, beta2, eps, bc1, bc2, d_add):
+    """Entry k of the Adam-style step (the one body of both kernels below)."""
+    one = np.float32(1.0)
+    dk = d[k] + d_add
+    mk = beta1 * m[k] + (one - beta1) * g[k]
+    sk = beta2 * s[k] + (one - beta2) * dk * dk
+    m[k] = mk
+    s[k] = sk
+    y[k] -= lr * (mk / bc1) / (np.sqrt(sk / bc2) + eps)
 
-    m <- beta1 m + (1 - beta1) g;  s <- beta2 s + (1 - beta2) d^2;
+
+@njit(parallel=True, cache=True, fastmath=False, nogil=True)
+def adaptive_moment_update(y, g, d, m, s, lr, beta1, beta2, eps, bc1, bc2, d_add):
+    """Adam-style step with second-moment source ``d + d_add`` (``d = g``, ``d_add = 0`` gives
+    Adam; AdaGO: the Gauss-Newton diagonal plus its damping).
+
+    m <- beta1 m + (1 - beta1) g;  s <- beta2 s + (1 - beta2) (d + d_add)^2;
     y <- y - lr (m / bc1) / (sqrt(s / bc2) + eps)
 
     Strict IEEE arithmetic (no fastmath): with fastmath the vectorized body may use an
@@ -21,11 +34,7 @@ def adaptive_moment_update(y, g, d, m, s, lr, beta1, beta2, eps, bc1, bc2):
     same with 1 and 2 threads).  The kernel is memory-bound: this costs nothing measurable.
     """
     for k in prange(y.shape[0]):
-        mk = beta1 * m[k] + (np.float32(1.0) - beta1) * g[k]
-        sk = beta2 * s[k] + (np.float32(1.0) - beta2) * d[k] * d[k]
-        m[k] = mk
-        s[k] = sk
-        y[k] -= lr * (mk / bc1) / (np.sqrt(sk / bc2) + eps)
+        _moment_entry(y, g, d, m, s, k, lr, beta1, beta2, eps, bc1, bc2, d_add)
 
 
 @njit(parallel=True, cache=True, fastmath=False, nogil=True)
@@ -36,16 +45,10 @@ def adaptive_moment_update_segments(y, g, d, m, s, starts, lengths, lr, beta1, b
     arithmetic as the dense kernel entry by entry (strict IEEE), so segments covering the
     whole vector give its result bit for bit.  Segments must not overlap.
     """
-    one = np.float32(1.0)
     for j in prange(starts.shape[0]):
         k0 = starts[j]
         for k in range(k0, k0 + lengths[j]):
-            dk = d[k] + d_add
-            mk = beta1 * m[k] + (one - beta1) * g[k]
-            sk = beta2 * s[k] + (one - beta2) * dk * dk
-            m[k] = mk
-            s[k] = sk
-            y[k] -= lr * (mk / bc1) / (np.sqrt(sk / bc2) + eps)
+            _moment_entry(y, g, d, m, s, k, lr, beta1, beta2, eps, bc1, bc2, d_add)
 
 
 @njit(parallel=True, **_JIT)

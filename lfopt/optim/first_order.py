@@ -144,9 +144,9 @@ class ALS(Optimizer):
 class AdaptiveMoments(Optimizer):
     """Adam's framework with a pluggable second-moment source.
 
-    ``source(obj, y, g, d)`` returns the vector whose square feeds the second
-    moment: Adam uses the gradient itself, AdaGO the Gauss-Newton diagonal plus
-    damping.  ``batch_size=None`` (or 0) takes one full-batch step per epoch;
+    ``second_moment(g, d)`` returns ``(array, add)``: array + add is the vector whose
+    square feeds the second moment: Adam uses the gradient itself, AdaGO the Gauss-Newton
+    diagonal plus damping.  ``batch_size=None`` (or 0) takes one full-batch step per epoch;
     otherwise an epoch is one pass over the shuffled entries in mini-batches
     (unbiased estimates: batch sums scaled by |K| / |B|).
 
@@ -182,11 +182,8 @@ class AdaptiveMoments(Optimizer):
             return ("gradient", "minibatch") + lazy + (("gn_diagonal",) if self.needs_diag else ())
         return ("gradient",) + (("gn_diagonal",) if self.needs_diag else ())
 
-    def source(self, obj, y, g, d):
-        return g
-
-    def segment_source(self, g, d):
-        """``(array, add)``: the lazy step's second-moment source is array + add on the segments."""
+    def second_moment(self, g, d):
+        """``(array, add)``: the second moment's source is array + add (dense and lazy steps)."""
         return g, 0.0
 
     def _init(self, obj, y):
@@ -195,15 +192,14 @@ class AdaptiveMoments(Optimizer):
         self._state = {"m": z(), "s": z(), "g": z(), "d": z() if self.needs_diag else None, "t": 0,
                        "rng": np.random.default_rng(self.seed)}
 
-    def _apply(self, obj, y, g, d, segments=None, d_add: float = 0.0):
-        """One Adam step with source ``d``: on the whole vector, or (lazy) on ``segments`` only with
-        source ``d + d_add`` there."""
+    def _apply(self, obj, y, g, d, d_add: float = 0.0, segments=None):
+        """One Adam step with source ``d + d_add``: on the whole vector, or (lazy) on ``segments`` only."""
         st = self._state
         st["t"] += 1
         t = st["t"]
         args = (self.lr, self.beta1, self.beta2, self.eps, 1 - self.beta1 ** t, 1 - self.beta2 ** t)
         if segments is None:
-            obj.backend.moment_update(y, g, d, st["m"], st["s"], *args)
+            obj.backend.moment_update(y, g, d, st["m"], st["s"], *args, d_add)
         else:
             obj.backend.moment_update_segments(y, g, d, st["m"], st["s"], segments, *args, d_add)
 
@@ -218,7 +214,7 @@ class AdaptiveMoments(Optimizer):
             obj.loss_grad(y, g)
             if self.needs_diag:
                 obj.gn_diag(y, dbuf)
-            self._apply(obj, y, g, self.source(obj, y, g, dbuf))
+            self._apply(obj, y, g, *self.second_moment(g, dbuf))
             self.lazy_ = False
             return {"steps": 1}
         order = obj.backend.permutation(st["rng"], obj.nnz)
@@ -228,11 +224,10 @@ class AdaptiveMoments(Optimizer):
             batch = order[start : start + batch_size]
             if lazy:
                 _, segments = obj.batch_grad_rows(y, batch, g, dbuf)
-                src, add = self.segment_source(g, dbuf)
-                self._apply(obj, y, g, src, segments, add)
+                self._apply(obj, y, g, *self.second_moment(g, dbuf), segments)
             else:
                 obj.batch_grad(y, batch, g, dbuf)
-                self._apply(obj, y, g, self.source(obj, y, g, dbuf))
+                self._apply(obj, y, g, *self.second_moment(g, dbuf))
             steps += 1
         self.lazy_ = lazy  # what "auto" chose (inspect after an epoch)
         return {"steps": steps}
@@ -268,9 +263,5 @@ class AdaGO(AdaptiveMoments):
         super().__init__(lr, beta1, beta2, eps, batch_size, seed, lazy)
         self.damping = positive("damping", damping)
 
-    def source(self, obj, y, g, d):
-        d += float(np.float32(self.damping))
-        return d
-
-    def segment_source(self, g, d):
+    def second_moment(self, g, d):
         return d, float(np.float32(self.damping))
