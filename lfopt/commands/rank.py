@@ -217,7 +217,8 @@ def _model_params(args, ks) -> dict:
         return dict(rank=_given(args, "rank", d), alpha=_given(args, "alpha", d), lam=_given(args, "lam", d),
                     lam_scaling=_given(args, "lam_scaling", d), epochs=_given(args, "epochs", d),
                     solver=_given(args, "solver", d), cg_steps=_given(args, "cg_steps", d),
-                    value_transform=_given(args, "value_transform", d), patience=patience or None, metric=args.metric, ks=ks, seed=args.seed, verbose=not args.quiet)
+                    value_transform=_given(args, "value_transform", d), patience=patience or None,
+                    metric=args.metric, ks=ks, seed=args.seed, verbose=not args.quiet)
     d = BPR_DEFAULTS
     regularizer = _given(args, "regularizer", d)
     learn = regularizer == "lambdaopt"

@@ -201,8 +201,8 @@ class ImplicitALS(Recommender):
 
     def __init__(self, rank: int = 64, alpha: float = 10.0, lam: float = 0.02, lam_scaling: str = "frequency",
                  epochs: int = 15, solver: str = "cg", cg_steps: int = 3, normalize_values: bool = True,
-                 value_transform: str = "linear", init_scale: float = 0.1, patience: int | None = None, metric: str = "ndcg@50", ks=DEFAULT_KS,
-                 seed: int = 0, verbose: bool = False):
+                 value_transform: str = "linear", init_scale: float = 0.1, patience: int | None = None,
+                 metric: str = "ndcg@50", ks=DEFAULT_KS, seed: int = 0, verbose: bool = False):
         self.rank = rank
         self.alpha = alpha
         self.lam = lam

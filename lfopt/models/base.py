@@ -39,8 +39,7 @@ import numpy as np
 from ..errors import ConfigError
 
 CAPABILITIES = ("loss", "gradient", "gn_product", "gn_diagonal", "minibatch", "sparse_minibatch", "line_polynomial",
-                "row_blocks",
-                "sgd_epoch", "als_sweep", "bpr_epoch")
+                "row_blocks", "sgd_epoch", "als_sweep", "bpr_epoch")
 
 
 @dataclass(frozen=True)

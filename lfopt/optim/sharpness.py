@@ -44,7 +44,8 @@ class SharpnessAwareView(Objective):
         self.rho = float(rho)
         self.backend = obj.backend
         # the fused paths and the row-sparse batch oracle would step at x, not at x + eps
-        self.capabilities = frozenset(obj.capabilities) - (FUSED | {"sparse_minibatch"} if self.rho > 0 else frozenset())
+        at_x = FUSED | {"sparse_minibatch"}
+        self.capabilities = frozenset(obj.capabilities) - (at_x if self.rho > 0 else frozenset())
         self.name = f"sharpness-aware {obj.name}"
         self._eps = None  # None: no perturbation (rho = 0, or a zero gradient)
         self._eps_buf = None

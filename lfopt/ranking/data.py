@@ -138,8 +138,5 @@ def implicit_split(
         "density": implicit.density,
     }
     info["keep_values"] = bool(keep_values)
-    if keep_values:
-        return ImplicitSplit(*(part.with_values(part.values, name) for part, name in
-                               ((train, "train"), (valid, "valid"), (test, "test"))), info)
-    return ImplicitSplit(train.with_values(1.0, "train"), valid.with_values(1.0, "valid"),
-                         test.with_values(1.0, "test"), info)
+    return ImplicitSplit(*(part.with_values(part.values if keep_values else 1.0, name) for part, name in
+                           ((train, "train"), (valid, "valid"), (test, "test"))), info)
