@@ -353,6 +353,24 @@ def test_an_epoch_writes_the_sample_and_reports(small_synthetic):
     assert np.array_equal(P, st["P"]) and np.array_equal(Q, st["Q"]) and np.array_equal(bu, st["bu"])
 
 
+def test_progress_of_a_sampler_shows_its_noise_level(small_synthetic, capsys):
+    """A sampler's lines show the sampled noise level 1/sqrt(alpha), not the penalized loss of a draw
+    (which rises as the factors leave their small start); other optimizers keep train_loss."""
+    model = lfopt.LatentFactorModel(optimizer="gibbs", rank=3, epochs=4, burn_in=1, seed=0,
+                                    verbose=True).fit(small_synthetic)
+    lines = capsys.readouterr().err.splitlines()
+    header = next(line.split() for line in lines if line.split()[:1] == ["epoch"])
+    assert header[:3] == ["epoch", "noise_std", "train_rmse"] and "samples" in header
+    rows = [line.split() for line in lines if line.split()[:1] in (["1"], ["2"], ["3"], ["4"])]
+    assert len(rows) == 4
+    for row, hist in zip(rows, model.history_):
+        assert hist["noise_std"] == pytest.approx(hist["alpha"] ** -0.5)
+        assert float(row[1]) == pytest.approx(hist["noise_std"], abs=1e-4)
+    lfopt.LatentFactorModel(optimizer="als", rank=3, epochs=2, seed=0, verbose=True).fit(small_synthetic)
+    header = next(line.split() for line in capsys.readouterr().err.splitlines() if line.split()[:1] == ["epoch"])
+    assert header[:2] == ["epoch", "train_loss"] and "noise_std" not in header
+
+
 def _fit(data, **kw):
     params = dict(rank=4, optimizer="gibbs", epochs=40, seed=3, validation=0, keep_samples=True)  # 20 samples
     params.update(kw)

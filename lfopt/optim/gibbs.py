@@ -389,8 +389,9 @@ class GibbsSampler(Optimizer):
     seed : seeds every draw; the chain is the same whatever the thread count.
 
     ``epoch`` writes the current sample into ``y`` and returns ``alpha`` (the
-    sampled noise precision), ``kept`` (samples held), ``sampling`` (1 for a
-    Gibbs sweep, 0 for a warm-start ALS sweep), ``df`` (with ``noise`` "dof" or
+    sampled noise precision) and ``noise_std`` (1/sqrt(alpha), what progress shows),
+    ``kept`` (samples held), ``sampling`` (1 for a Gibbs sweep, 0 for a warm-start
+    ALS sweep), ``df`` (with ``noise`` "dof" or
     "dof-sample": what the next alpha draw subtracts from |K|) and ``train_loss``
     (the objective at the sample, from the residuals the sweep computed).  The kept
     samples are :attr:`samples`.
@@ -588,7 +589,7 @@ class GibbsSampler(Optimizer):
         else:
             after = st["sweep"] - self.warm_start - self.burn_in
             self._gibbs_sweep(st, after >= 0 and after % self.thin == 0, epoch)
-            info = {"sampling": 1, "kept": self.kept, "alpha": st["alpha"]}
+            info = {"sampling": 1, "kept": self.kept, "alpha": st["alpha"], "noise_std": st["alpha"] ** -0.5}
             if self.noise_ != "gibbs":
                 info["df"] = st["df"]
         st["sweep"] += 1

@@ -188,7 +188,8 @@ class Trainer:
         if not self.verbose:
             return
         if self._bar is not None:
-            post = {"loss": f"{row['train_loss']:.5g}"}
+            post = {"noise_std": f"{row['noise_std']:.4f}"} if "noise_std" in row else \
+                {"loss": f"{row['train_loss']:.5g}"}
             keys = _metric_keys(row, self.metric)
             main = [k for k in keys if k.startswith("valid_")][:1] or keys[:1]
             for key in main + [k for k in keys if k == "test_rmse" and k not in main]:
@@ -391,8 +392,13 @@ def _metric_keys(row: dict, metric: str) -> list:
 
 
 def _columns(row: dict, metric: str, epochs: int) -> list:
-    """(label, key, width, format) of the per-epoch lines, fixed by the first row."""
-    cols = [("epoch", "epoch", max(5, len(str(epochs))), "d"), ("train_loss", "train_loss", 11, ".5g")]
+    """(label, key, width, format) of the per-epoch lines, fixed by the first row.
+
+    A sampler (its rows count the samples ``kept``) shows ``noise_std``, the sampled noise
+    level 1/sqrt(alpha) of its draw, instead of ``train_loss``: the penalized loss of a draw is
+    not what a sampler lowers (it rises as the factors leave their small start)."""
+    loss = ("noise_std", "noise_std", 10, ".4f") if "kept" in row else ("train_loss", "train_loss", 11, ".5g")
+    cols = [("epoch", "epoch", max(5, len(str(epochs))), "d"), loss]
     for key in _metric_keys(row, metric):
         cols.append((key, key, max(10, len(key)), ".4f"))
     if "kept" in row:  # a sampler: the samples its average holds so far
