@@ -38,6 +38,20 @@ def fast(data, *extra):
     return ["train", "--data", str(data), "--rank", "3", "--epochs", "3", "--seed", "1", *extra]
 
 
+def test_valid_fraction_the_sampler_does_not_use_is_said(ratings, tmp_path, capsys):
+    """The default samples on the whole training part: an explicit --valid-fraction says it is not used
+    (not silently dropped); the default value, or an optimizer that stops early, says nothing."""
+    assert main(fast(ratings, "--valid-fraction", "0.2")) == 0
+    err = capsys.readouterr().err
+    assert "--valid-fraction 0.2 is not used" in err and "with gibbs" in err
+    assert main(fast(ratings)) == 0
+    assert "--valid-fraction" not in capsys.readouterr().err
+    out = tmp_path / "als.json"
+    assert main(fast(ratings, "--valid-fraction", "0.2", "--optimizer", "als", "--output", str(out))) == 0
+    assert "--valid-fraction" not in capsys.readouterr().err
+    assert json.loads(out.read_text())["n_valid"] == round(0.2 * 0.9 * 2400)
+
+
 # ======================================================== 1. compile time apart
 def test_warm_up_compiles_before_timing():
     model = lfopt.LatentFactorModel(rank=4, optimizer="adam", epochs=6, seed=0)

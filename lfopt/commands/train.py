@@ -33,6 +33,7 @@ from .common import (add_backend_options, add_data_options, add_output_options, 
 
 OPTIMIZERS = ("sgd", "adam", "als", "adago", "slf", "sslf", "gibbs")
 DEFAULT_TEST_FRACTION = 0.1
+DEFAULT_VALID_FRACTION = 0.1
 
 def _lazy(value: str):
     v = value.strip().lower()
@@ -116,9 +117,11 @@ def add_parser(sub):
     g.add_argument("--test-fraction", type=fraction("--test-fraction"), default=None, metavar="F",
                    help=f"held-out test fraction of a random split (default: {DEFAULT_TEST_FRACTION}; not with "
                    "--test or a file with its own split)")
-    g.add_argument("--valid-fraction", type=fraction("--valid-fraction", allow_zero=True), default=0.1, metavar="F",
-                   help="fraction of the training part held out for early stopping (default: 0.1; 0 trains on the "
-                   "whole training part with no early stopping)")
+    g.add_argument("--valid-fraction", type=fraction("--valid-fraction", allow_zero=True), default=None, metavar="F",
+                   help=f"fraction of the training part held out for early stopping (default: {DEFAULT_VALID_FRACTION}; "
+                   "0 trains on the whole training part with no early stopping; the sampler, the default on data "
+                   "of up to a few million ratings, and --preset accurate use the whole training part and no "
+                   "early stopping)")
     g.add_argument("--unseen", choices=("bias", "drop"), default="bias",
                    help="test pairs whose user or item has no training rating: predict from the mean and biases "
                    "(default) or leave them out; counted either way")
@@ -248,6 +251,9 @@ def load_test_file(args):
 
 
 def run(args) -> int:
+    valid_given = args.valid_fraction is not None
+    if not valid_given:
+        args.valid_fraction = DEFAULT_VALID_FRACTION
     comm = None
     if getattr(args, "distributed", False):
         from ..dist import init
@@ -268,6 +274,11 @@ def run(args) -> int:
     if args.test is not None:
         say(args, f"test file {args.test}: {test.nnz} ratings, {test.meta['n_unseen_pairs']} with a user or item "
                   f"absent from --data")
+    if valid_given and args.valid_fraction and isinstance(model, LatentFactorModel) and \
+            model._resolve_optimizer(train) == "gibbs":
+        warnings.warn(f"--valid-fraction {args.valid_fraction:g} is not used: the sampler trains on the whole training "
+                      f"part (its hyper-priors set the regularization, nothing stops early); give --optimizer als "
+                      f"(or another optimizer) to stop early on a held-out part", UserWarning, stacklevel=1)
     compile_seconds = warm_up(model)
     say_compile(args, compile_seconds)
     with warnings.catch_warnings(record=True) as caught:
