@@ -44,9 +44,9 @@ def test_sample_store_is_bounded_unless_asked(split, monkeypatch):
     per_sample = 4 * (train.n_users + train.n_items) * 5
     monkeypatch.setattr(gibbs, "STORE_BYTES", 10 * per_sample)
     model = lfopt.LatentFactorModel(rank=4, epochs=60, seed=1, keep_samples=True).fit(train)
-    assert model.n_samples_ <= 10  # 54 offered, thinned evenly to fit the store
+    assert model.n_samples_ <= 10  # 40 offered, thinned evenly to fit the store
     asked = lfopt.LatentFactorModel(rank=4, epochs=60, seed=1, keep_samples=True, max_samples=64).fit(train)
-    assert asked.n_samples_ == 54
+    assert asked.n_samples_ == 40
 
 
 def test_default_samples_and_keeps_a_summary_that_predicts_as_the_samples_do(split, tmp_path):
@@ -54,7 +54,7 @@ def test_default_samples_and_keeps_a_summary_that_predicts_as_the_samples_do(spl
     auto = lfopt.LatentFactorModel(rank=4, epochs=60, seed=1).fit(train)
     exact = lfopt.LatentFactorModel(rank=4, epochs=60, seed=1, keep_samples=True).fit(train)
     assert auto.optimizer_.name == "gibbs" and auto.method_ == "gibbs"
-    assert auto.n_samples_ == exact.n_samples_ == 54  # 60 sweeps, burn-in 60 // 10
+    assert auto.n_samples_ == exact.n_samples_ == 40  # 60 sweeps, burn-in min(20, 60 // 2)
     assert auto.posterior_ is None and auto.optimizer_.samples is None  # the store is let go
     assert auto.factors()[2].shape == (train.n_users, 4)
     rows, cols = test.user_ids[test.users], test.item_ids[test.items]
@@ -70,7 +70,7 @@ def test_default_samples_and_keeps_a_summary_that_predicts_as_the_samples_do(spl
     with np.load(path) as z:
         assert not any(k.startswith("posterior") for k in z.files)
     back = lfopt.load(path)
-    assert back.n_samples_ == 54 and back.method_ == "gibbs" and back.rank_ == 4
+    assert back.n_samples_ == 40 and back.method_ == "gibbs" and back.rank_ == 4
     np.testing.assert_allclose(back.predict(rows, cols), pa, rtol=1e-6)
     # a new user's row is its posterior mean under the trained users' population, the same after load
     for m in (auto, back):
@@ -156,7 +156,7 @@ def test_cli_default_says_what_ran(tmp_path, capsys):
                  "--output", str(out)]) == 0
     captured = capsys.readouterr()
     text = captured.out
-    assert "optimizer gibbs (auto, 27 samples averaged, their rank-3 summary)" in text
+    assert "optimizer gibbs (auto, 15 samples averaged, their rank-3 summary)" in text
     header = [line.split() for line in captured.err.splitlines() if line.split()[:1] == ["epoch"]]
     assert header and "samples" in header[0]  # the progress lines count the samples averaged
     res = json.loads(out.read_text())

@@ -353,6 +353,44 @@ def test_an_epoch_writes_the_sample_and_reports(small_synthetic):
     assert np.array_equal(P, st["P"]) and np.array_equal(Q, st["Q"]) and np.array_equal(bu, st["bu"])
 
 
+def test_a_time_budget_too_short_for_the_burn_in_averages_its_second_half(small_synthetic):
+    opt = make_optimizer("gibbs", burn_in=20, budget=1.0)
+    st = {"sweep_seconds": []}
+    assert opt._burn_in_now(st) == 20  # no sweep timed yet
+    st["sweep_seconds"] = [0.1, 0.1]  # the budget holds about 10 sweeps: discard 5
+    assert opt._burn_in_now(st) == 5
+    st["sweep_seconds"] = [0.001] * 3  # 1000 sweeps: burn_in
+    assert opt._burn_in_now(st) == 20
+    st["burn_in"] = 5  # fixed once the burn-in is over, whatever the later sweeps take
+    assert opt._burn_in_now(st) == 5
+    assert make_optimizer("gibbs", burn_in=20)._burn_in_now({"sweep_seconds": [10.0]}) == 20  # no budget
+    for bad in (0, -1.0, float("nan"), True, "5"):
+        with pytest.raises(ConfigError, match="budget"):
+            make_optimizer("gibbs", budget=bad)
+
+
+class HalfSecondSweeps:
+    """A clock under which every Gibbs sweep takes 0.5 s (each reading 0.5 s after the last)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        self.now += 0.5
+        return self.now
+
+
+def test_a_run_whose_budget_holds_fewer_sweeps_than_the_burn_in_keeps_samples(small_synthetic, monkeypatch):
+    from lfopt.optim import gibbs as G
+
+    monkeypatch.setattr(G, "time", HalfSecondSweeps())
+    obj = LFObjective(small_synthetic, 3, lam=0.05)
+    opt = make_optimizer("gibbs", burn_in=20, budget=6.0)  # 12 sweeps: the first 6 discarded
+    y = obj.init_params(0.1, seed=0)
+    infos = [opt.epoch(obj, y, e) for e in range(1, 13)]
+    assert opt._st["burn_in"] == 6 and [i["kept"] for i in infos] == [0] * 6 + list(range(1, 7))
+
+
 def test_progress_of_a_sampler_shows_its_noise_level(small_synthetic, capsys):
     """A sampler's lines show the sampled noise level 1/sqrt(alpha), not the penalized loss of a draw
     (which rises as the factors leave their small start); other optimizers keep train_loss."""
@@ -549,10 +587,10 @@ def test_preset_rank_is_capped_at_the_mean_ratings_per_row(tmp_path):
     data = lfopt.synthetic(n_users=300, n_items=200, nnz=2000, seed=2)  # 8 ratings a row
     model = lfopt.LatentFactorModel(rank=32, preset="accurate", epochs=30, keep_samples=True).fit(data)
     assert model.rank == 32 and model.rank_ == 8
-    assert model.factors()[2].shape[1] == 8 * model.n_samples_ and model.n_samples_ == 27  # 30 sweeps - 3
+    assert model.factors()[2].shape[1] == 8 * model.n_samples_ and model.n_samples_ == 15  # 30 sweeps - 15
     model.save(tmp_path / "m.npz")
     back = lfopt.load(tmp_path / "m.npz")
-    assert back.rank_ == 8 and back.n_samples_ == 27
+    assert back.rank_ == 8 and back.n_samples_ == 15
     np.testing.assert_allclose(back.predict([0, 1], [0, 1]), model.predict([0, 1], [0, 1]), rtol=1e-6)
     items, _ = back.recommend(0, k=3)
     assert len(items) == 3

@@ -78,6 +78,7 @@ optimizer has ``is_sampler``).  Everything is deterministic given ``seed``.
 from __future__ import annotations
 
 import math
+import time
 from numbers import Real
 from typing import Any
 
@@ -343,6 +344,10 @@ class GibbsSampler(Optimizer):
     Parameters
     ----------
     burn_in : Gibbs sweeps discarded after the warm start (default 20).
+    budget : seconds the run is expected to last (the trainer's time budget), or None.
+        With a budget the burn-in is at most half the sweeps it is expected to hold,
+        from the mean time of the sweeps so far (fixed once the burn-in is over), so
+        a budget too short for ``burn_in`` still averages its second half.
     prior : ``"normal-wishart"`` (BPMF, the default) or ``"normal-gamma"`` (myFM).
     warm_start : number of ALS sweeps run first (epochs 1..warm_start) with the
         ridge of ``warm_lambda``; 0 (the default) starts the chain at the trainer's
@@ -405,9 +410,13 @@ class GibbsSampler(Optimizer):
 
     def __init__(self, burn_in: int = 20, prior: str = "normal-wishart", warm_start: int = 0, thin: int = 1,
                  max_samples: int | None = None, warm_lambda: float | None = None, rao_blackwell: bool = True,
-                 noise: str = "auto", df_every: int = 10, seed: int = 0):
+                 noise: str = "auto", df_every: int = 10, budget: float | None = None, seed: int = 0):
         super().__init__(seed)
         self.burn_in = _count("burn_in", burn_in, 0)
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, Real)
+                                   or not np.isfinite(budget) or budget <= 0):
+            raise ConfigError(f"budget must be a finite number of seconds > 0 or None, got {budget!r}")
+        self.budget = None if budget is None else float(budget)
         if not isinstance(prior, str) or prior.lower() not in PRIORS:
             raise ConfigError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
         self.prior = prior.lower()
@@ -461,7 +470,7 @@ class GibbsSampler(Optimizer):
         mu = np.float32(obj.mu)
         self.noise_ = resolve_noise(self.noise, m, n, f, train.nnz)
         st = dict(m=m, n=n, f=f, g=f + 1 if use_bias else f, use_bias=use_bias, mu=mu, csr=csr, csc=csc, nnz=train.nnz,
-                  bu=bu, bi=bi, P=P, Q=Q, sweep=0, alpha=None, sse=None,
+                  bu=bu, bi=bi, P=P, Q=Q, sweep=0, alpha=None, sse=None, sweep_seconds=[],
                   sse_u=np.zeros(_N_CHUNKS), sse_i=np.zeros(_N_CHUNKS), df=0.0,
                   df_u=np.zeros((_N_CHUNKS, 1 + (self.noise_ == "dof-sample"))),
                   df_i=np.zeros((_N_CHUNKS, 1 + (self.noise_ == "dof-sample"))),
@@ -550,6 +559,18 @@ class GibbsSampler(Optimizer):
             tr = st["df_u"].sum(axis=0) + st["df_i"].sum(axis=0)  # sum tr(H) (, sum tr(H^2))
             st["df"] = float(tr[0] if self.noise_ == "dof" else tr[0] - tr[1])
 
+    def _burn_in_now(self, st) -> int:
+        """The sweeps discarded: ``burn_in``, or with a ``budget`` at most half the sweeps the budget
+        is expected to hold (the mean time of the Gibbs sweeps so far gives the rate); fixed once
+        the burn-in is over."""
+        if "burn_in" in st:
+            return st["burn_in"]
+        times = st["sweep_seconds"]
+        if self.budget is None or not times:
+            return self.burn_in
+        expected = self.budget / max(sum(times) / len(times), 1e-9)
+        return int(min(self.burn_in, expected // 2))
+
     def _draw_alpha(self, rng, st) -> float:
         """The noise precision given the current residuals: Gamma((a0 + |K| - df)/2, rate (b0 + SSE)/2),
         a0 = b0 = 1, df the previous sweep's effective number of parameters with ``noise="dof"``
@@ -587,8 +608,13 @@ class GibbsSampler(Optimizer):
             self._ridge_sweep(st)
             info = {"sampling": 0, "kept": self.kept}
         else:
-            after = st["sweep"] - self.warm_start - self.burn_in
+            burn_in = self._burn_in_now(st)
+            after = st["sweep"] - self.warm_start - burn_in
+            if after >= 0:
+                st["burn_in"] = burn_in
+            t0 = time.perf_counter()
             self._gibbs_sweep(st, after >= 0 and after % self.thin == 0, epoch)
+            st["sweep_seconds"].append(time.perf_counter() - t0)
             info = {"sampling": 1, "kept": self.kept, "alpha": st["alpha"], "noise_std": st["alpha"] ** -0.5}
             if self.noise_ != "gibbs":
                 info["df"] = st["df"]
