@@ -11,7 +11,7 @@ import sys
 
 from .errors import LfoptError
 
-SUBCOMMANDS = ("train", "evaluate", "recommend", "compare", "rank", "experiment")
+SUBCOMMANDS = ("train", "evaluate", "predict", "recommend", "compare", "rank", "experiment")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,8 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lfopt",
         description=(
             "Latent factor models for sparse (high-dimensional and incomplete) matrices: train with SGD, "
-            "Adam, ALS or the second-order AdaGO / SLF / SSLF, evaluate, recommend, compare optimizers, "
-            "and rank implicit feedback with BPR and learned regularization (lambdaOpt)."
+            "Adam, ALS, the second-order AdaGO / SLF / SSLF or Bayesian averaging (Gibbs sampling), evaluate, "
+            "predict, recommend, compare optimizers, and rank implicit feedback with BPR and learned "
+            "regularization (lambdaOpt)."
         ),
         epilog="Run 'lfopt COMMAND --help' for the options of a command. "
         "'lfopt train' with no option trains on the built-in synthetic dataset.",

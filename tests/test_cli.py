@@ -239,6 +239,55 @@ class TestEvaluate:
         assert info.value.code == 2
 
 
+# ================================================================== predict
+class TestPredict:
+    def test_predictions_in_file_order_with_known_flags(self, trained, tmp_path, capsys):
+        pairs = tmp_path / "pairs.tsv"  # no rating column; an unknown user and an unknown item
+        pairs.write_text("5\t7\n0\t3\n99999\t3\n5\t88888\n")
+        out = tmp_path / "pred.tsv"
+        assert main(["predict", "--model", str(trained["model"]), "--data", str(pairs), "--output", str(out)]) == 0
+        assert "4 predictions (2 with a user or item the model never saw" in capsys.readouterr().err
+        lines = out.read_text().splitlines()
+        assert lines[0].split("\t") == ["user", "item", "prediction", "known"]
+        rows = [line.split("\t") for line in lines[1:]]
+        assert [(r[0], r[1], r[3]) for r in rows] == [("5", "7", "1"), ("0", "3", "1"), ("99999", "3", "0"),
+                                                      ("5", "88888", "0")]
+        model = lfopt.load(trained["model"])
+        with pytest.warns(UserWarning, match="unseen"):
+            expected = model.predict([5, 0, 99999, 5], [7, 3, 3, 88888])
+        assert np.allclose([float(r[2]) for r in rows], expected, rtol=1e-5)
+        # the fallback of an unknown user is the mean plus the item's bias
+        assert float(rows[2][2]) == pytest.approx(model.mu_ + float(model.factors()[1][model._item_cols([3])[0]]),
+                                                  rel=1e-4)
+        # csv by extension; --no-clip gives the raw scores
+        csv = tmp_path / "pred.csv"
+        assert main(["predict", "--model", str(trained["model"]), "--data", str(trained["data"]), "--output",
+                     str(csv), "--no-clip", "--quiet"]) == 0
+        table = np.genfromtxt(csv, delimiter=",", skip_header=1)
+        data = lfopt.load_data(trained["data"])
+        raw = model.predict(data.user_ids[data.users], data.item_ids[data.items], clip=False)
+        assert table.shape == (2400, 4) and np.allclose(table[:, 2], raw, rtol=1e-5) and table[:, 3].all()
+
+    def test_standard_output_and_no_overwrite(self, trained, tmp_path, capsys):
+        pairs = tmp_path / "pairs.tsv"
+        pairs.write_text("5\t7\n")
+        assert main(["predict", "--model", str(trained["model"]), "--data", str(pairs)]) == 0
+        captured = capsys.readouterr()
+        assert captured.out.splitlines()[0] == "user\titem\tprediction\tknown"
+        assert captured.out.splitlines()[1].startswith("5\t7\t") and "1 predictions" in captured.err
+        out = tmp_path / "keep.tsv"
+        out.write_text("precious\n")
+        assert main(["predict", "--model", str(trained["model"]), "--data", str(pairs), "--output", str(out)]) == 1
+        assert out.read_text() == "precious\n" and "--overwrite" in capsys.readouterr().err
+
+    def test_repeated_pair_is_named_with_the_flag_that_combines_them(self, trained, tmp_path, capsys):
+        pairs = tmp_path / "pairs.tsv"
+        pairs.write_text("5\t7\n0\t3\n5\t7\n")
+        assert main(["predict", "--model", str(trained["model"]), "--data", str(pairs)]) == 1
+        err = capsys.readouterr().err
+        assert "pairs.tsv, line 3" in err and "--duplicates mean or --duplicates last" in err
+
+
 # ================================================================ recommend
 @needs_recommend
 class TestRecommend:

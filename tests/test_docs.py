@@ -33,3 +33,26 @@ def test_readme_quick_start_runs(tmp_path, monkeypatch):
     exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["model"].n_users_ == 6040
     assert (tmp_path / "ml1m.npz").exists()
+
+
+def test_readme_command_lines_parse():
+    """Every ``lfopt`` line of the README's command-line section names a command and flags that exist."""
+    import shlex
+
+    from lfopt.cli import build_parser
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    block = re.sub(r"\\\n\s*", " ", section)  # join continued lines
+    commands = []
+    for line in block.splitlines():
+        words = shlex.split(line.split("  #")[0], comments=False) if line.startswith("    ") else []
+        if "lfopt" in words and words[0] in ("lfopt", "torchrun"):
+            commands.append(words[words.index("lfopt") + 1:])
+    assert len(commands) >= 15 and {c[0] for c in commands if c} >= {"train", "evaluate", "predict", "recommend",
+                                                                      "compare", "rank", "experiment"}
+    parser = build_parser()
+    for argv in commands:
+        if argv == ["--help"]:
+            continue
+        parser.parse_args(argv)  # argparse exits (SystemExit 2) on an unknown command or flag

@@ -122,7 +122,7 @@ def test_duplicates_are_refused_or_combined_alike(write, policy):
     if policy == "error":
         assert ref[1].endswith("line 3: duplicate (user, item) pair (3, 1), first seen at "
                                f"{ref[1].split('first seen at ')[1].split(';')[0]}; pass duplicates='mean' "
-                               "or 'last' to combine repeats")
+                               "or duplicates='last' to combine repeats")
         assert "ratings.dat, line 1;" in ref[1]
     else:
         assert ref[1].nnz == 4

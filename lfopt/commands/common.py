@@ -50,6 +50,12 @@ def add_data_options(p: argparse.ArgumentParser, default_synthetic: bool = True)
                    help="repeated (user, item) pairs: fail (default), average them, or keep the last")
 
 
+def add_model_option(p: argparse.ArgumentParser) -> None:
+    """``--model``: the saved model a command reads (evaluate, predict, recommend)."""
+    p.add_argument("--model", required=True, metavar="MODEL.npz",
+                   help="a model saved by 'lfopt train --save' or 'lfopt rank --save'")
+
+
 def add_rating_data_options(p: argparse.ArgumentParser) -> None:
     """Options of commands that train a rating model (train, compare)."""
     p.add_argument("--force-rating", action="store_true",
@@ -340,10 +346,10 @@ PARAM_FLAGS = {
     "rank": "--rank", "epochs": "--epochs", "patience": "--patience", "seed": "--seed", "damping": "--damping",
     "decay": "--decay", "rho": "--rho", "validation": "--valid-fraction", "granularity": "--granularity",
     "preset": "--preset", "precondition": "--precondition", "alpha": "--alpha", "solver": "--solver",
-    "threshold": "--threshold", "unseen": "--unseen",
+    "threshold": "--threshold", "unseen": "--unseen", "duplicates": "--duplicates",
 }
 _WORDS = {"rank", "epochs", "patience", "seed", "damping", "decay", "rho", "validation", "granularity", "preset",
-          "precondition", "alpha", "solver", "threshold", "unseen"}
+          "precondition", "alpha", "solver", "threshold", "unseen", "duplicates"}
 _SUBJECT = r"(?=\s+must\b|\s+should\b|\s*[<>]=?\s|\s*=)"
 
 

@@ -16,7 +16,8 @@ from ..data.split import fixed_split, random_split
 from ..errors import ConfigError, DataError
 from ..estimators import load as load_model
 from ..results import write_json
-from .common import add_data_options, check_output_paths, logger, pairs_hash, parse_columns, run_info, say
+from .common import (add_data_options, add_model_option, check_output_paths, logger, pairs_hash, parse_columns,
+                     run_info, say)
 
 
 def add_parser(sub):
@@ -29,8 +30,7 @@ def add_parser(sub):
                        "both are counted. Ranking models (and any model with --kind ranking) report full-ranking "
                        "AUC, HR/NDCG/Recall/Precision@K: the file's entries (those >= --threshold if given) are "
                        "the positives, ranked against every item the user did not have in training.")
-    p.add_argument("--model", required=True, metavar="MODEL.npz",
-                   help="a model saved by 'lfopt train --save' or 'lfopt rank --save'")
+    add_model_option(p)
     add_data_options(p, default_synthetic=False)
     p.add_argument("--all", action="store_true",
                    help="score every rating of --data, even when it is the model's training file (whose held-out "

@@ -7,6 +7,7 @@ import json
 import numpy as np
 
 from ..estimators import load as load_model
+from .common import add_model_option
 
 
 def add_parser(sub):
@@ -17,8 +18,7 @@ def add_parser(sub):
                        "reported and skipped (the others are printed; exit status 1) unless --fallback, which "
                        "recommends the most popular items "
                        "(shrunk popularity: a damped mean rating, or the interaction count for ranking models).")
-    p.add_argument("--model", required=True, metavar="MODEL.npz",
-                   help="a model saved by 'lfopt train --save' or 'lfopt rank --save'")
+    add_model_option(p)
     p.add_argument("--user", required=True, action="append", help="user ID (repeat for several users)")
     p.add_argument("-k", type=int, default=10, help="number of items (default: 10)")
     p.add_argument("--include-seen", action="store_true", help="also recommend items seen in training")

@@ -545,7 +545,7 @@ def _resolve_duplicates(u, i, v, t, n_items, policy, locate, user_ids, item_ids)
         first = int(order[np.searchsorted(sorted_key, key[k])])
         raise DataError(
             f"{locate(k)}: duplicate (user, item) pair ({show(user_ids[u[k]])}, {show(item_ids[i[k]])}), "
-            f"first seen at {locate(first)}; pass duplicates='mean' or 'last' to combine repeats"
+            f"first seen at {locate(first)}; pass duplicates='mean' or duplicates='last' to combine repeats"
         )
     starts = np.flatnonzero(np.r_[True, ~repeat])
     if policy == "mean":

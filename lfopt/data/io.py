@@ -1348,7 +1348,7 @@ def _load_text_chunked(path: Path, fmt: str, columns, duplicates: str, implicit:
             if duplicates == "error":
                 raise DataError(
                     f"{locate(k)}: duplicate (user, item) pair ({show(user_ids[users[k]])}, "
-                    f"{show(item_ids[items[k]])}), first seen at {locate(first)}; pass duplicates='mean' or 'last' "
+                    f"{show(item_ids[items[k]])}), first seen at {locate(first)}; pass duplicates='mean' or duplicates='last' "
                     f"to combine repeats")
             users, items, values, combined_times = _combine_duplicates(
                 order, users, items, values, times if times is not None else np.empty(0, dtype=np.int64),
