@@ -659,3 +659,74 @@ class TestSynthetic:
         rmse = model.evaluate(test)["rmse"]
         assert rmse < 1.10 * data.meta["noise_floor"]
         assert rmse > 0.9 * data.meta["noise_floor"]  # no model beats the noise by much
+
+
+# ------------------------------------------------------------ dense matrices (QoS)
+class TestDenseMatrixFile:
+    """format="matrix": one line per user, one value per item (WS-Dream's rtMatrix.txt)."""
+
+    def test_cells_ids_and_missing_marker(self, tmp_path):
+        path = tmp_path / "rtMatrix.txt"
+        path.write_text("0.5\t-1\t2.0\n\n-1\t1.5\t-1\n0\t-1\t7\n")  # a blank line is skipped
+        data = lfopt.load_data(path, format="matrix", missing=-1)
+        assert data.shape == (3, 3) and data.nnz == 5
+        got = sorted(zip(data.users.tolist(), data.items.tolist(), data.values.tolist()))
+        assert got == [(0, 0, 0.5), (0, 2, 2.0), (1, 1, 1.5), (2, 0, 0.0), (2, 2, 7.0)]  # 0 is a value here
+        with pytest.warns(lfopt.data.io.DataWarning, match=r"4 cells hold -1 .* --missing -1"):
+            plain = lfopt.load_data(path, format="matrix")  # default: 0 (and NaN) missing, -1 a value
+        assert plain.nnz == 8
+
+    def test_commas_empty_fields_and_nan_are_missing(self, tmp_path):
+        path = tmp_path / "m.csv"
+        path.write_text("1,,3\nnan,2,0\n")
+        data = lfopt.load_data(path, format="matrix")
+        assert sorted(data.values.tolist()) == [1.0, 2.0, 3.0] and data.shape == (2, 3)
+
+    @pytest.mark.parametrize("text, words", [
+        ("1 2 3\n1 2\n", ["m.txt, line 2: 2 values, expected 3"]),
+        ("1 2 3\n\n4 x 6\n", ["m.txt, line 3, column 2: 'x' is not a number"]),
+        ("user a b\n1 2 3\n", ["line 1, column 1: 'user' is not a number", "no header line"]),
+        ("1 inf 3\n", ["m.txt, line 1, column 2"]),
+        ("0 0\n0 nan\n", ["no observed cell"]),
+        ("", ["empty file"]),
+    ])
+    def test_bad_files_are_named(self, tmp_path, text, words):
+        path = tmp_path / "m.txt"
+        path.write_text(text)
+        with pytest.raises(lfopt.DataError) as info:
+            lfopt.load_data(path, format="matrix")
+        assert all(w in str(info.value) for w in words), str(info.value)
+
+    def test_missing_belongs_to_matrices_and_a_wide_table_points_to_them(self, tmp_path):
+        table = tmp_path / "r.tsv"
+        table.write_text("1\t2\t3\n")
+        with pytest.raises(lfopt.DataError, match="missing=-1.* dense matrix"):
+            lfopt.load_data(table, missing=-1)
+        wide = tmp_path / "wide.txt"
+        wide.write_text("1 2 3 4 5 6\n6 5 4 3 2 1\n")
+        with pytest.raises(lfopt.DataError, match="found 6 .*--format matrix"):
+            lfopt.load_data(wide)
+        with pytest.raises(lfopt.ConfigError, match="missing must be a finite number"):
+            lfopt.load_data(wide, format="matrix", missing=float("nan"))
+
+    def test_cli_trains_and_evaluates_a_qos_matrix(self, tmp_path, capsys):
+        from lfopt.cli import main
+
+        rng = np.random.default_rng(0)
+        m, n = 60, 80
+        M = np.exp(0.3 * rng.standard_normal((m, 1)) + 0.3 * rng.standard_normal((1, n))
+                   + 0.2 * rng.standard_normal((m, n)))
+        M[rng.random((m, n)) < 0.6] = -1
+        path = tmp_path / "rtMatrix.txt"
+        np.savetxt(path, M, fmt="%.4f", delimiter="\t")
+        model = tmp_path / "qos.npz"
+        assert main(["train", "--data", str(path), "--format", "matrix", "--missing", "-1", "--rank", "4",
+                     "--epochs", "20", "--save", str(model), "--quiet"]) == 0
+        trained = capsys.readouterr().out
+        assert main(["evaluate", "--model", str(model), "--data", str(path)]) == 0  # the split is recreated
+        captured = capsys.readouterr()
+        assert "held-out test part" in captured.err
+        rmse = trained.split("test RMSE ")[1].split()[0]
+        assert captured.out.startswith(f"RMSE {rmse}")
+        assert main(["train", "--data", str(path), "--missing", "-1", "--quiet"]) == 1
+        assert "--format matrix" in capsys.readouterr().err

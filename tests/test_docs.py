@@ -9,7 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-MODULES = ["lfopt.data.interactions", "lfopt.data.synthetic", "lfopt.data.split", "lfopt.estimators.lf",
+MODULES = ["lfopt.data.interactions", "lfopt.data.synthetic", "lfopt.data.split", "lfopt.data.io",
+           "lfopt.estimators.lf",
            "lfopt.estimators.base", "lfopt.estimators.bpr", "lfopt.models.base", "lfopt.regularizers.lambda_opt"]
 
 

@@ -48,6 +48,9 @@ def add_data_options(p: argparse.ArgumentParser, default_synthetic: bool = True)
                    help="column mapping for csv/parquet/tsv, e.g. 'user=userId,item=movieId,rating=stars'")
     g.add_argument("--duplicates", choices=("error", "mean", "last"), default="error",
                    help="repeated (user, item) pairs: fail (default), average them, or keep the last")
+    g.add_argument("--missing", type=float, default=None, metavar="VALUE",
+                   help="--format matrix (a dense matrix, one line per user, one value per item): the value of a "
+                   "missing cell, e.g. -1 for WS-Dream QoS matrices (default: 0; NaN and empty fields always)")
 
 
 def add_model_option(p: argparse.ArgumentParser) -> None:
@@ -204,7 +207,8 @@ def load_dataset(args, **synthetic_kwargs):
     if given:
         raise ConfigError(f"{', '.join(given)} {'describes' if len(given) == 1 else 'describe'} the synthetic "
                           f"dataset; {'it does' if len(given) == 1 else 'they do'} not apply with --data")
-    return load(args.data, args.format, columns=parse_columns(args.columns), duplicates=args.duplicates)
+    return load(args.data, args.format, columns=parse_columns(args.columns), duplicates=args.duplicates,
+                missing=args.missing)
 
 
 def split_dataset(data, test_fraction: float, seed: int):
@@ -346,10 +350,10 @@ PARAM_FLAGS = {
     "rank": "--rank", "epochs": "--epochs", "patience": "--patience", "seed": "--seed", "damping": "--damping",
     "decay": "--decay", "rho": "--rho", "validation": "--valid-fraction", "granularity": "--granularity",
     "preset": "--preset", "precondition": "--precondition", "alpha": "--alpha", "solver": "--solver",
-    "threshold": "--threshold", "unseen": "--unseen", "duplicates": "--duplicates",
+    "threshold": "--threshold", "unseen": "--unseen", "duplicates": "--duplicates", "missing": "--missing",
 }
 _WORDS = {"rank", "epochs", "patience", "seed", "damping", "decay", "rho", "validation", "granularity", "preset",
-          "precondition", "alpha", "solver", "threshold", "unseen", "duplicates"}
+          "precondition", "alpha", "solver", "threshold", "unseen", "duplicates", "missing"}
 _SUBJECT = r"(?=\s+must\b|\s+should\b|\s*[<>]=?\s|\s*=)"
 
 

@@ -58,13 +58,15 @@ def _same_file(a, b) -> bool:
 def _load(args, info: dict):
     """The --data file, read as at training time when it is the model's training file and
     --format/--columns/--duplicates are not given."""
-    fmt, columns, duplicates = args.format, args.columns, args.duplicates
+    fmt, columns, duplicates, missing = args.format, args.columns, args.duplicates, args.missing
     if info.get("command") == "train" and _same_file(args.data, info.get("path")):
         fmt = fmt or info.get("format")
         columns = columns or info.get("columns")
         if duplicates == "error" and info.get("duplicates"):
             duplicates = info["duplicates"]
-    return load(args.data, fmt, columns=parse_columns(columns), duplicates=duplicates)
+        if missing is None:
+            missing = info.get("missing")
+    return load(args.data, fmt, columns=parse_columns(columns), duplicates=duplicates, missing=missing)
 
 
 def held_out_part(data, info: dict, args):

@@ -50,7 +50,7 @@ def run(args) -> int:
         check_output_paths([("--output", args.output)], args.overwrite)
     model = load_model(args.model)
     pairs = load(args.data, args.format, columns=parse_columns(args.columns), duplicates=args.duplicates,
-                 implicit=True)
+                 implicit=True, missing=args.missing)
     users = pairs.user_ids[pairs.users] if pairs.user_ids is not None else pairs.users
     items = pairs.item_ids[pairs.items] if pairs.item_ids is not None else pairs.items
     with warnings.catch_warnings():

@@ -118,7 +118,8 @@ def add_parser(sub):
                    help=f"held-out test fraction of a random split (default: {DEFAULT_TEST_FRACTION}; not with "
                    "--test or a file with its own split)")
     g.add_argument("--valid-fraction", type=fraction("--valid-fraction", allow_zero=True), default=None, metavar="F",
-                   help=f"fraction of the training part held out for early stopping (default: {DEFAULT_VALID_FRACTION}; "
+                   help="fraction of the training part held out for early stopping (default: "
+                   f"{DEFAULT_VALID_FRACTION}; "
                    "0 trains on the whole training part with no early stopping; the sampler, the default on data "
                    "of up to a few million ratings, and --preset accurate use the whole training part and no "
                    "early stopping)")
@@ -223,6 +224,7 @@ def make_split(args, data):
     """(train, test, data_info): the split the options describe, and its description for the model file."""
     info = {"command": "train", "path": os.path.abspath(args.data) if args.data else None,
             "format": args.format, "columns": args.columns, "duplicates": args.duplicates,
+            "missing": args.missing,
             "n_ratings": data.nnz, "seed": args.seed, "valid_fraction": args.valid_fraction}
     if args.data is None:
         info["synthetic"] = {k: getattr(args, k, None) for k in ("n_users", "n_items", "nnz", "noise", "true_rank")}
@@ -244,7 +246,8 @@ def make_split(args, data):
 def load_test_file(args):
     from ..data.io import load
 
-    test = load(args.test, args.format, columns=parse_columns(args.columns), duplicates=args.duplicates)
+    test = load(args.test, args.format, columns=parse_columns(args.columns), duplicates=args.duplicates,
+                missing=args.missing)
     if "test_mask" in test.meta:
         raise ConfigError(f"--test {args.test} carries its own train/test split (a Monti file); give it as --data")
     return test

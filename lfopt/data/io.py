@@ -73,7 +73,7 @@ from ..errors import ConfigError, DataError
 from .interactions import (DUPLICATE_POLICIES, MAX_INT_ID, Interactions, _as_id_array, _checked_timestamps,
                            _sort_by_major_minor, check_rating_values, show)
 
-FORMATS = ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "mat", "monti", "tsv", "csv", "parquet")
+FORMATS = ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "mat", "monti", "tsv", "csv", "parquet", "matrix")
 FIELD_NAMES = ("user", "item", "rating", "timestamp")
 
 #: Plausible timestamps (see the module docstring): whole numbers in [0, TS_MAX]
@@ -134,7 +134,7 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def load(path, format: str | None = None, *, columns=None, duplicates: str = "error", implicit: bool = False,
-         variable: str | None = None, chunk_bytes: int | None = None):
+         variable: str | None = None, chunk_bytes: int | None = None, missing: float | None = None):
     """Load a ratings file into an :class:`Interactions`.
 
     Parameters
@@ -161,6 +161,9 @@ def load(path, format: str | None = None, *, columns=None, duplicates: str = "er
         reader shows ``2e+16``).  A column of text IDs (``"u7"``) makes the pieces
         start again with that column read as text (the file is read up to three
         times, never whole); integer IDs with leading zeros (``"007"``) are read whole.
+    missing : ``format="matrix"`` (a dense matrix in a text file, see :func:`load_matrix`):
+        the number that marks a missing cell (QoS matrices such as WS-Dream use -1);
+        None: 0 (and always NaN or an empty field).
 
     For Monti files the returned data carries its fixed split in
     ``data.meta["test_mask"]`` (see :func:`lfopt.data.split.fixed_split`).
@@ -183,6 +186,15 @@ def load(path, format: str | None = None, *, columns=None, duplicates: str = "er
                         monti_only=fmt == "monti")
     if variable is not None:
         raise DataError(f"{path}: variable= names a variable of a .mat file; this is a {fmt} file")
+    if fmt == "matrix":
+        if columns is not None:
+            raise DataError(f"{path}: columns= maps the fields of a table of (user, item, rating) lines; a dense "
+                            f"matrix file has one line per user and one value per item")
+        return load_matrix(path, missing=missing, implicit=implicit)
+    if missing is not None:
+        raise DataError(f"{path}: missing={show(missing)} marks the missing cells of a dense matrix (format='matrix', "
+                        f"CLI --format matrix); this {fmt} file has a line per rating, and its missing entries are "
+                        f"the lines it does not have")
     if chunk_bytes is None:
         chunk_bytes = CHUNK_BYTES
     elif isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, (int, np.integer)) or chunk_bytes < 0:
@@ -225,6 +237,78 @@ def load(path, format: str | None = None, *, columns=None, duplicates: str = "er
         columns = _guess_columns(table.columns, path)
     table = _keep_text_ids(table, raw, columns, sep=",", header=True)
     return _from_table(table, path, columns, duplicates, implicit, header_lines=1)
+
+
+# ============================================================== dense matrices
+def load_matrix(path, *, missing: float | None = None, implicit: bool = False) -> Interactions:
+    """A dense matrix in a text file: one line per user, one value per item (QoS matrices such as
+    WS-Dream's rtMatrix.txt), separated by whitespace or commas, no header line.
+
+    The observed entries are the cells that are not missing: NaN, an empty field (comma-separated)
+    and ``missing`` (default: 0, as for a dense ``.mat`` matrix; WS-Dream marks them -1).  User and
+    item IDs are the 0-based line and column numbers (blank lines are skipped and not counted).
+    Every line must have the first line's number of values; a bad value is named by line and column.
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "rt.txt")
+    >>> _ = open(path, "w").write("0.5 -1 2.0\\n-1 1.5 -1\\n")
+    >>> data = load_matrix(path, missing=-1)
+    >>> data.shape, data.nnz, data.values.tolist()
+    ((2, 3), 3, [0.5, 2.0, 1.5])
+    """
+    path = Path(path)
+    raw = _read_bytes(path)
+    bad = _not_utf8(path, raw)
+    if bad is not None:
+        raise bad
+    if missing is not None and (isinstance(missing, bool) or not isinstance(missing, (int, float, np.number))
+                                or not np.isfinite(missing)):
+        raise ConfigError(f"missing must be a finite number (the value of a missing cell), got {missing!r}")
+    text = raw.decode("utf-8")
+    lines = [(k + 1, line) for k, line in enumerate(text.splitlines()) if line.strip()]
+    if not lines:
+        raise DataError(f"{path}: empty file (no line of values)")
+    comma = "," in lines[0][1]
+    rows = []
+    width = None
+    for number, line in lines:
+        fields = [f.strip() for f in line.split(",")] if comma else line.split()
+        if width is None:
+            width = len(fields)
+        elif len(fields) != width:
+            raise DataError(f"{path}, line {number}: {len(fields)} values, expected {width} (the first line's): a "
+                            f"dense matrix has one value per item on every line")
+        try:
+            rows.append(np.array([f if f else "nan" for f in fields], dtype=np.float64))
+        except ValueError:
+            col = next(j for j, f in enumerate(fields) if not _is_float(f or "nan"))
+            header = " (a dense matrix file has no header line)" if number == lines[0][0] else ""
+            raise DataError(f"{path}, line {number}, column {col + 1}: {fields[col]!r} is not a "
+                            f"number{header}") from None
+    value = np.vstack(rows)
+    observed = ~np.isnan(value) & (value != (0.0 if missing is None else float(missing)))
+    r, c = np.nonzero(observed)
+    vals = value[r, c]
+    line_of = np.array([number for number, _ in lines])
+    check_rating_values(vals, lambda k: f"{path}, line {line_of[r[k]]}, column {c[k] + 1}", "value")
+    if len(vals) == 0:
+        raise DataError(f"{path}: the {value.shape[0]} x {value.shape[1]} matrix has no observed cell (missing: "
+                        f"{'0' if missing is None else show(missing)} and NaN)")
+    if missing is None and (vals == -1).any() and (vals[vals != -1] >= 0).all():
+        _warn(f"{path}: {int((vals == -1).sum())} cells hold -1 and no other value is negative; they are read as "
+              f"values: if -1 marks a missing cell (as in WS-Dream), pass missing=-1 (CLI: --missing -1)")
+    data = Interactions(r, c, np.ones_like(vals) if implicit else vals, n_users=value.shape[0],
+                        n_items=value.shape[1], name=path.stem)
+    data.meta["source"] = str(path)
+    return data
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 # ============================================================== MATLAB files
@@ -624,8 +708,10 @@ def _positional(table: pd.DataFrame, columns, path, check_time: bool = False, la
         return columns
     ncol = table.shape[1]
     if ncol < 2 or ncol > 4:
+        hint = (" (a dense matrix, one line per user and one value per item, is read with format='matrix'; "
+                "CLI: --format matrix)" if ncol > 4 else "")
         raise DataError(
-            f"{path}: expected 2 to 4 fields per line (user, item[, rating[, timestamp]]), found {ncol}"
+            f"{path}: expected 2 to 4 fields per line (user, item[, rating[, timestamp]]), found {ncol}{hint}"
         )
     if ncol == 4 and check_time:
         problem = _timestamp_problem(table.iloc[:, 3], lambda k: f"{row_word} {k + 1}")
@@ -1348,8 +1434,8 @@ def _load_text_chunked(path: Path, fmt: str, columns, duplicates: str, implicit:
             if duplicates == "error":
                 raise DataError(
                     f"{locate(k)}: duplicate (user, item) pair ({show(user_ids[users[k]])}, "
-                    f"{show(item_ids[items[k]])}), first seen at {locate(first)}; pass duplicates='mean' or duplicates='last' "
-                    f"to combine repeats")
+                    f"{show(item_ids[items[k]])}), first seen at {locate(first)}; pass duplicates='mean' or "
+                    f"duplicates='last' to combine repeats")
             users, items, values, combined_times = _combine_duplicates(
                 order, users, items, values, times if times is not None else np.empty(0, dtype=np.int64),
                 times is not None, duplicates == "mean", n_pairs)
