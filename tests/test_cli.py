@@ -246,7 +246,8 @@ class TestPredict:
         pairs.write_text("5\t7\n0\t3\n99999\t3\n5\t88888\n")
         out = tmp_path / "pred.tsv"
         assert main(["predict", "--model", str(trained["model"]), "--data", str(pairs), "--output", str(out)]) == 0
-        assert "4 predictions (2 with a user or item the model never saw" in capsys.readouterr().err
+        assert "4 predictions (2 with a user or item the model never saw: the mean and the known side's bias)" in \
+            capsys.readouterr().err
         lines = out.read_text().splitlines()
         assert lines[0].split("\t") == ["user", "item", "prediction", "known"]
         rows = [line.split("\t") for line in lines[1:]]
@@ -279,6 +280,18 @@ class TestPredict:
         out.write_text("precious\n")
         assert main(["predict", "--model", str(trained["model"]), "--data", str(pairs), "--output", str(out)]) == 1
         assert out.read_text() == "precious\n" and "--overwrite" in capsys.readouterr().err
+
+    def test_a_ranking_model_leaves_unknown_pairs_empty(self, small_synthetic, tmp_path, capsys):
+        model = lfopt.ImplicitALS(rank=2, epochs=2, seed=0).fit(small_synthetic.with_values(1.0))
+        path = model.save(tmp_path / "ials.npz")
+        pairs = tmp_path / "pairs.tsv"
+        pairs.write_text("5\t7\n99999\t7\n")
+        assert main(["predict", "--model", str(path), "--data", str(pairs)]) == 0
+        captured = capsys.readouterr()
+        rows = [line.split("\t") for line in captured.out.splitlines()[1:]]
+        model = lfopt.load(path)
+        assert float(rows[0][2]) == pytest.approx(float(model.predict([5], [7])[0]), rel=1e-5) and rows[0][3] == "1"
+        assert rows[1] == ["99999", "7", "", "0"] and "no score, left empty" in captured.err
 
     def test_repeated_pair_is_named_with_the_flag_that_combines_them(self, trained, tmp_path, capsys):
         pairs = tmp_path / "pairs.tsv"

@@ -61,12 +61,14 @@ def run(args) -> int:
     sep = "," if args.output and str(args.output).lower().endswith(".csv") else "\t"
     text = _table(users, items, pred, known, sep)
     n_unknown = int((~known).sum())
-    note = f" ({n_unknown} with a user or item the model never saw: its fallback)" if n_unknown else ""
+    fallback = "the mean and the known side's bias" if model._task == "rating" else "no score, left empty"
+    note = f" ({n_unknown} with a user or item the model never saw: {fallback})" if n_unknown else ""
     if args.output:
         write_atomic(args.output, text.encode("utf-8"), args.overwrite)
         say(args, f"{pairs.nnz} predictions{note} written to {args.output}")
     else:
         sys.stdout.write(text)
+        sys.stdout.flush()  # the table first, then the summary on stderr
         say(args, f"{pairs.nnz} predictions{note}")
     return 0
 
