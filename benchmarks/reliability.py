@@ -212,6 +212,30 @@ def _(ctx):
     return expect_error(ctx.cli("train", "--data", path), "line 3", "found 5")
 
 
+@case("files/matrix-ragged", "a dense matrix file (--format matrix) with a short line names the line")
+def _(ctx):
+    path = write_lines(ctx.dir("matrix") / "rt.txt", ["0.5 -1 2.0", "-1 1.5 -1", "1.0 2.0", "3 -1 1"])
+    return expect_error(ctx.cli("train", "--data", path, "--format", "matrix", "--missing", "-1"), "rt.txt",
+                        "line 3", "expected 3")
+
+
+@case("files/matrix-as-table", "a QoS matrix read as a table of ratings points to --format matrix")
+def _(ctx):
+    rng = np.random.default_rng(5)
+    M = np.round(rng.lognormal(0, 1, (40, 60)), 3)
+    M[rng.random(M.shape) < 0.7] = -1
+    path = ctx.dir("qos") / "rtMatrix.txt"
+    np.savetxt(path, M, fmt="%.3f", delimiter="\t")
+    ok, detail = expect_error(ctx.cli("train", "--data", path), "rtMatrix.txt", "found 60", "--format matrix")
+    if not ok:
+        return ok, detail
+    p = ctx.cli("train", "--data", path, "--format", "matrix", "--missing", "-1", "--rank", "4", "--epochs", "20")
+    observed = int((M != -1).sum())
+    if p.returncode != 0 or "test RMSE" not in p.stdout or f"{observed} entries" not in p.stderr:
+        return False, f"rc {p.returncode}: {tail(p.stderr)}"
+    return True, p.stdout.splitlines()[-2]
+
+
 @case("files/not-utf8", "non-UTF-8 bytes: the error names the line")
 def _(ctx):
     path = ctx.dir("utf8") / "latin1.tsv"
