@@ -104,6 +104,14 @@ def launch(opt: str, nproc: int, args, tmp: Path) -> dict:
     return json.loads(result.read_text())
 
 
+def _pooled(runs: list) -> dict:
+    """The first run's record with the median over the runs of their median epoch seconds."""
+    out = dict(runs[0])
+    out["median_epoch_s"] = statistics.median(r["median_epoch_s"] for r in runs)
+    out["runs_epoch_s"] = [r["median_epoch_s"] for r in runs]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nnz", type=int, default=20_000_000)
@@ -111,6 +119,9 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=20_000)
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run 1 process, then 2, this many times, alternating (the host's speed drifts between runs: "
+                    "the table gives the medians over the runs and the speed-up of each pair)")
     ap.add_argument("--optimizers", nargs="+", default=["als", "slf", "sgd", "adam"], choices=sorted(OPTIONS))
     ap.add_argument("--out", default=None, help="append the table (markdown) to this file")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -125,8 +136,9 @@ def main() -> None:
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as d:
         for opt in args.optimizers:
-            one = launch(opt, 1, args, Path(d))
-            two = launch(opt, 2, args, Path(d))
+            runs = [(launch(opt, 1, args, Path(d)), launch(opt, 2, args, Path(d))) for _ in range(args.repeat)]
+            one, two = (_pooled([run[k] for run in runs]) for k in (0, 1))
+            two["pairs"] = [a["median_epoch_s"] / b["median_epoch_s"] for a, b in runs]
             rows.append((opt, one, two))
             print(f"{opt}: 1 process {one['median_epoch_s']:.2f} s/epoch, 2 processes {two['median_epoch_s']:.2f} "
                   f"s/epoch, speed-up {one['median_epoch_s'] / two['median_epoch_s']:.2f}; test RMSE "
@@ -136,14 +148,17 @@ def main() -> None:
              "",
              "`python benchmarks/bench_distributed.py " + " ".join(sys.argv[1:]) + "`; one thread per process "
              f"(NUMBA_NUM_THREADS=1), gloo on loopback; load average {load:.2f} at the start.",
-             "Median seconds per epoch over epochs 2..E (compilation excluded); test RMSE on the 10 % held out.",
+             "Median seconds per epoch over epochs 2..E (compilation excluded; with --repeat, the median over the "
+             "runs of that, and the speed-up of each 1-process / 2-process pair run back to back); test RMSE on the "
+             "10 % held out.",
              "",
-             "| optimizer | 1 process s/epoch | 2 processes s/epoch | speed-up | test RMSE 1 | test RMSE 2 | diff | "
-             "peak RSS / process GiB (1, 2) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| optimizer | 1 process s/epoch | 2 processes s/epoch | speed-up | each pair | test RMSE 1 | "
+             "test RMSE 2 | diff | peak RSS / process GiB (1, 2) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for opt, one, two in rows:
         lines.append(f"| {opt} | {one['median_epoch_s']:.2f} | {two['median_epoch_s']:.2f} | "
-                     f"{one['median_epoch_s'] / two['median_epoch_s']:.2f} | {one['test_rmse']:.4f} | "
+                     f"{one['median_epoch_s'] / two['median_epoch_s']:.2f} | "
+                     f"{', '.join(f'{x:.2f}' for x in two['pairs'])} | {one['test_rmse']:.4f} | "
                      f"{two['test_rmse']:.4f} | {two['test_rmse'] - one['test_rmse']:+.4f} | "
                      f"{one['peak_rss_gib']:.2f}, {two['peak_rss_gib']:.2f} |")
     if rows:

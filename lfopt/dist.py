@@ -1,13 +1,18 @@
 """Training on many processes (METHODS.md section 5e): data parallel over the observed entries.
 
-Every process holds the whole parameter vector ``y`` (replicated) and the entries
-of one block of users (for the loss, the gradient, the Gauss-Newton products and
-diagonal, the user half of an ALS sweep and the user blocks of SLF's
-preconditioner) and of one block of items (the item half of ALS and the item
-blocks).  Every full-batch oracle is a sum over entries, so a process computes its
-block's part with the usual kernels and one all-reduce of ``torch.distributed``
-makes it the whole; the penalty is added after the reduction.  Every process then
-sees the same numbers, takes the same step and keeps the same ``y``: ``slf``,
+Every process holds the whole parameter vector ``y`` and the entries of one block
+of users (for the loss, the gradient, the Gauss-Newton products and diagonal, the
+user half of an ALS sweep and the user blocks of SLF's preconditioner) and of one
+block of items (the item half of ALS and the item blocks).  Every full-batch
+oracle is a sum over entries, so a process computes its block's part with the
+usual kernels and one all-reduce of ``torch.distributed`` makes it the whole.  Only
+the item rows need it: a user's rows depend on that user's entries alone, all on
+the process that owns the user, so during an optimizer step every vector is whole
+on this process's users' rows and on the item rows, the optimizers' dot products
+and norms sum exactly those rows over the processes (a scalar each), and after the
+step one exchange of the user rows makes ``y`` whole again
+(:meth:`~lfopt.models.lf_dist.DistributedLFObjective.sync_params`).  Every process
+sees the same numbers and takes the same step: ``slf``,
 ``sslf``, ``adam``/``adago`` (full batch or mini-batches), ``als`` and ``sgd``
 with mini-batches give the iterates of one process to float32 rounding; the fused
 ``sgd`` epoch runs as DSGD with rotating strata across processes (p sub-epochs;
@@ -27,13 +32,14 @@ or from Python, in a script torchrun starts::
         model.save("model.lfopt")
 
 Memory and communication, per process, with m users, n items, f factors and p
-processes: the replicated ``y`` and the optimizer's buffers hold (m + n)(f + 1)
-floats each (as on one process); the data 2|K|/p entries (user and item blocks;
-each process also reads the whole file).  Each gradient, GN product and block
-preconditioner application all-reduces (m + n)(f + 1) floats (a ring all-reduce
-sends 2 (p - 1) / p of that per process); an ALS sweep all-reduces (m + n)(f + 1)
-floats once; a DSGD epoch all-reduces the item rows n (f + 1) p times and the user
-rows once.  A sharded item side (each process owning Q for its item block, rows
+processes: ``y`` and the optimizer's buffers hold (m + n)(f + 1) floats each (as
+on one process); the data 2|K|/p entries (user and item blocks; each process also
+reads the whole file).  Each gradient, GN product and diagonal and block
+preconditioner application all-reduces the item rows, n (f + 1) floats (a ring
+all-reduce sends 2 (p - 1) / p of that per process), and a full-batch step then
+exchanges the user rows, m (f + 1) floats, once; an ALS sweep all-reduces
+(m + n)(f + 1) floats once; a DSGD epoch all-reduces the item rows n (f + 1) p
+times and the user rows once; a mini-batch gradient all-reduces (m + n)(f + 1).  A sharded item side (each process owning Q for its item block, rows
 sent to the process that needs them, as Spark's ALS and DSGD's rotating blocks do)
 would cut memory to (m + n)(f + 1) / p and the ALS exchange to the rows each block
 touches; it is not built.

@@ -37,8 +37,32 @@ def main(out: str, names: list) -> None:
         got[opt + "_rmse"] = np.array(m.evaluate(test)["rmse"])
         got[opt + "_epochs"] = np.array(len(m.history_))
     got["world"] = np.array(comm.world)
+    got.update(slf_communication(train))
     if comm.rank == 0:
         np.savez(out, **got)
+
+
+def slf_communication(train) -> dict:
+    """Three SLF steps on the distributed objective, counting the floats every all-reduce sums: the
+    vectors (more than 16 floats) and the scalar reductions apart."""
+    from lfopt.models.lf_dist import DistributedLFObjective
+    from lfopt.optim.base import make_optimizer
+
+    obj = DistributedLFObjective(train, 6, lam=0.05, comm=lfopt.dist.communicator())
+    sizes = []
+    reduce = obj.comm.allreduce_
+    obj.comm.allreduce_ = lambda x: (sizes.append(int(np.size(x))), reduce(x))[1]
+    y = obj.init_params(0.1, seed=0)
+    opt = make_optimizer("slf")
+    infos = []
+    for epoch in range(1, 4):
+        infos.append(opt.epoch(obj, y, epoch))
+        obj.sync_params(y)
+    return {"comm_vector_floats": np.array(sum(s for s in sizes if s > 16)),
+            "comm_scalar_calls": np.array(sum(1 for s in sizes if s <= 16)),
+            "comm_cg_iters": np.array(sum(i["cg_iters"] for i in infos)),
+            "comm_attempts": np.array(sum(i["rejected"] + 1 for i in infos)),
+            "comm_shape": np.array([obj.m, obj.n, obj.f])}
 
 
 

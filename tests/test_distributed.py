@@ -110,6 +110,16 @@ def test_two_processes_give_the_one_process_iterates(tmp_path):
         np.testing.assert_allclose(got[opt], one.params_, atol=1e-4, err_msg=opt)
         assert int(got[opt + "_epochs"]) == len(one.history_), opt
         assert float(got[opt + "_rmse"]) == pytest.approx(rmse, abs=1e-5), opt
+    # SLF all-reduces only the item rows during a step (gradient, each GN product and preconditioner
+    # solve) and the user rows once after it: at most E m (f + 1) + (E + 2 c + a) n (f + 1) floats for
+    # E steps, c CG iterations and a attempts, where reducing the whole vector each time would be
+    # (E + 2 c) (m + n)(f + 1)
+    m, n, f = (int(v) for v in got["comm_shape"])
+    user_rows, item_rows = m * (f + 1), n * (f + 1)
+    steps, cg, attempts = 3, int(got["comm_cg_iters"]), int(got["comm_attempts"])
+    floats = int(got["comm_vector_floats"])
+    assert cg >= steps and floats <= steps * user_rows + (steps + 2 * cg + attempts) * item_rows
+    assert floats < 0.6 * (steps + 2 * cg) * (user_rows + item_rows)
 
 
 def test_cli_torchrun_trains_and_only_rank0_writes(tmp_path):

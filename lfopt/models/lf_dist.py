@@ -2,9 +2,17 @@
 
 :class:`DistributedLFObjective` offers the oracles of :class:`~lfopt.models.lf.LFObjective`
 to every optimizer unchanged: each process computes its block's part with the
-usual kernels (called with zero penalty weights), one all-reduce sums the parts,
-and the penalty W y is added once.  The regularizer's weights and the mean come
+usual kernels (called with the users' penalty weights and zero item weights), one
+all-reduce sums the parts, and the item rows' penalty W y is added once.  The regularizer's weights and the mean come
 from the whole training set, so the objective is the one-process objective.
+
+The full-batch oracles (gradient, Gauss-Newton product and diagonal, block
+preconditioner) all-reduce only the item rows: a user's rows depend on that user's
+entries alone, all on the process that owns the user, so during an epoch every
+vector is whole on the rows of this process's users and on the item rows, and the
+vector reductions the optimizers take through :attr:`backend` (dot, norm, the
+penalty's weighted dot) sum exactly those rows over the processes.  After the
+optimizer's step, :meth:`sync_params` exchanges the new user rows once.
 """
 
 from __future__ import annotations
@@ -68,7 +76,9 @@ class DistributedLFObjective(LFObjective):
         visits = reg.visit_weights(uc, ic) if hasattr(reg, "visit_weights") else None
         self.set_row_weights(*reg.row_weights(uc, ic), visits=visits)
         be = self.backend
-        self._w0 = tuple(be.asarray(np.zeros(k, dtype=np.float32)) for k in (self.m, self.n, self.m, self.n))
+        self._no_item_weight = be.asarray(np.zeros(self.n, dtype=np.float32))
+        self.backend = ShardedVectors(be, self)  # dot, norm, weighted_dot over this process's rows, summed
+        self._stale = False  # other processes' user rows of y are out of date (see sync_params)
         # a row-sparse batch step would update only this process's rows: Adam runs dense here
         self.capabilities = self.capabilities - {"sparse_minibatch"}
         self._dsgd = None
@@ -90,6 +100,45 @@ class DistributedLFObjective(LFObjective):
                 if a.size:
                     a[:lo] = 0.0
                     a[hi:] = 0.0
+
+    def _reduce_items(self, x):
+        """Sum the item rows (b_i, Q) of ``x`` over processes, in place: each process computed its users'
+        entries' part of them.  The rows of its own users are whole already (a user's entries are all
+        on the process that owns the user); the other users' rows are left as they are."""
+        if self.comm.world > 1:
+            _, bi, _, Q = self.unpack(x)
+            for part in (bi, Q):
+                if part.size:
+                    self._reduce(part.reshape(-1))
+            self._stale = True
+        return x
+
+    def _user_weights(self) -> tuple:
+        """The penalty weights with the item rows' set to 0: the kernels add W y on the user rows (each
+        user's on its own process), the item rows' W y is added once, after their reduction."""
+        wu, _, wbu, _ = self._w
+        return wu, self._no_item_weight, wbu, self._no_item_weight
+
+    def _add_item_penalty(self, out, v) -> None:
+        """out += W v on the item rows (``v`` None: out += W, the diagonal's)."""
+        _, obi, _, OQ = self.unpack(out)
+        _, dbi, _, DQ = self.unpack(self._reg_diag)
+        if v is None:
+            OQ += DQ
+            obi += dbi
+            return
+        _, vbi, _, VQ = self.unpack(v)
+        OQ += DQ * VQ
+        if obi.size:
+            obi += dbi * vbi
+
+    def sync_params(self, y) -> None:
+        """After an optimizer step on the full-batch oracles every process holds the new rows of its own
+        users (and all item rows): exchange the user rows, so that ``y`` is whole on every process (once
+        an epoch; the trainer calls it after each step)."""
+        if self._stale:
+            self._reduce_rows(y, users=self.user_range)
+        self._stale = False
 
     def _reduce_rows(self, y, users=None, items=None):
         """Every process keeps only the rows of ``users`` / ``items`` (the ranges it updated), then
@@ -113,22 +162,22 @@ class DistributedLFObjective(LFObjective):
         return 0.5 * self.last_sse + self.penalty(y)
 
     def loss_grad(self, y, g) -> float:
-        sse = self.kernels.residual_grad(self.mu, self.unpack(y), self._w0, self.unpack(g))
-        self._reduce(g)
-        g += self._reg_diag * y
+        sse = self.kernels.residual_grad(self.mu, self.unpack(y), self._user_weights(), self.unpack(g))
+        self._reduce_items(g)
+        self._add_item_penalty(g, y)
         self.last_sse = float(self.comm.allreduce_scalars([sse])[0])
         return 0.5 * self.last_sse + self.penalty(y)
 
     def gvp(self, y, v, out):
-        self.kernels.gvp(self.unpack(y), self.unpack(v), self._w0, self.unpack(out))
-        self._reduce(out)
-        out += self._reg_diag * v
+        self.kernels.gvp(self.unpack(y), self.unpack(v), self._user_weights(), self.unpack(out))
+        self._reduce_items(out)
+        self._add_item_penalty(out, v)
         return out
 
     def gn_diag(self, y, out):
-        self.kernels.gn_diag(self.unpack(y), self._w0, self.unpack(out))
-        self._reduce(out)
-        out += self._reg_diag
+        self.kernels.gn_diag(self.unpack(y), self._user_weights(), self.unpack(out))
+        self._reduce_items(out)
+        self._add_item_penalty(out, None)
         return out
 
     def step_polynomial(self, y, direction) -> np.ndarray:
@@ -140,7 +189,8 @@ class DistributedLFObjective(LFObjective):
 
     def block_preconditioner(self, y, shift: float = 0.0, diag_scale: float = 1.0):
         """The per-row blocks of every user and item row, each built by the process that owns
-        the row's entries; one application solves the owned rows and all-reduces."""
+        the row's entries; one application solves the owned rows and all-reduces the item rows
+        (the other processes' user rows are set to 0)."""
         params = self.unpack(y)
         hu = self.kernels.gn_blocks(params, self._w, float(shift), float(diag_scale), sides=("u",))
         hi = self.item_kernels.gn_blocks(params, self._w, float(shift), float(diag_scale), sides=("i",))
@@ -155,15 +205,15 @@ class DistributedLFObjective(LFObjective):
                 return out
 
             return jacobi
-        part = self.backend.empty_like(y)
+        none = self.backend.zeros(0)  # the side a kernel set has no blocks for: written to nothing
 
         def apply(r, out):
             rv = self.unpack(r)
-            self.kernels.block_solve(hu, rv, self.unpack(out))
-            self.item_kernels.block_solve(hi, rv, self.unpack(part))
-            out += part
+            obu, obi, OP, OQ = self.unpack(out)
+            self.kernels.block_solve(hu, rv, (obu, none, OP, none))  # the user rows
+            self.item_kernels.block_solve(hi, rv, (none, obi, none, OQ))  # the item rows
             self._own_only(out, self.user_range, self.item_range)
-            self._reduce(out)
+            self._reduce_items(out)
             return out
 
         return apply
@@ -220,6 +270,45 @@ class DistributedLFObjective(LFObjective):
             which = np.searchsorted(self.item_bounds, items, side="right") - 1
             self._dsgd = [self.kernels.sgd_layout_of(np.flatnonzero(which == c)) for c in range(self.comm.world)]
         return self._dsgd
+
+
+class ShardedVectors:
+    """A backend whose vector reductions (``dot``, ``norm``, ``weighted_dot``) are those of the
+    distributed objective's vectors: the rows of this process's users plus the item rows (counted
+    by process 0), summed over the processes; every other operation is the wrapped backend's."""
+
+    def __init__(self, base, obj: DistributedLFObjective):
+        self._base = base
+        self._obj = obj
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("_base", "_obj"):
+            raise AttributeError(name)
+        return getattr(self._base, name)
+
+    def _rows(self, x) -> list:
+        bu, bi, P, Q = self._obj.unpack(x)
+        u0, u1 = self._obj.user_range
+        parts = [bu[u0:u1], P[u0:u1]]
+        if self._obj.comm.rank == 0:
+            parts += [bi, Q]
+        return [a.reshape(-1) for a in parts if a.size]
+
+    def _sum(self, local: float) -> float:
+        return float(self._obj.comm.allreduce_scalars([local])[0])
+
+    def dot(self, a, b) -> float:
+        return self._sum(sum(self._base.dot(x, z) for x, z in zip(self._rows(a), self._rows(b))))
+
+    def norm(self, a) -> float:
+        return float(np.sqrt(max(self.dot(a, a), 0.0)))
+
+    def weighted_dot(self, w, a, b) -> float:
+        wdot = getattr(self._base, "weighted_dot", None)
+        local = 0.0
+        for v, x, z in zip(self._rows(w), self._rows(a), self._rows(b)):
+            local += wdot(v, x, z) if wdot is not None else self._base.dot(v * x, z)
+        return self._sum(local)
 
 
 def _is_jacobi(handle) -> bool:

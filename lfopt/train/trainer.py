@@ -271,6 +271,7 @@ class Trainer:
         longest = 0.0
         # processes of a distributed run stop together: any one over the budget stops all
         agree = getattr(objective, "agree", None) or (lambda flag: flag)
+        sync = getattr(objective, "sync_params", None)
         for epoch in range(1, self.epochs + 1):
             if self.time_budget is not None and epoch > 1 and \
                     agree(time.perf_counter() - start_all + longest > self.time_budget):
@@ -278,6 +279,8 @@ class Trainer:
                 break
             t0 = time.perf_counter()
             info = optimizer.epoch(objective, y, epoch) or {}
+            if sync is not None:  # a distributed objective makes y whole on every process again
+                sync(y)
             step_seconds = time.perf_counter() - t0
             elapsed += step_seconds
             loss = info.pop("train_loss", None)
