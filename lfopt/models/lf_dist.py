@@ -3,8 +3,9 @@
 :class:`DistributedLFObjective` offers the oracles of :class:`~lfopt.models.lf.LFObjective`
 to every optimizer unchanged: each process computes its block's part with the
 usual kernels (called with the users' penalty weights and zero item weights), one
-all-reduce sums the parts, and the item rows' penalty W y is added once.  The regularizer's weights and the mean come
-from the whole training set, so the objective is the one-process objective.
+all-reduce sums the parts, and the item rows' penalty W y is added once.  The
+regularizer's weights and the mean come from the whole training set, so the
+objective is the one-process objective.
 
 The full-batch oracles (gradient, Gauss-Newton product and diagonal, block
 preconditioner) all-reduce only the item rows: a user's rows depend on that user's
