@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import lfopt
@@ -336,6 +337,32 @@ class TestRecommend:
                      "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert set(out) == {"1", "2"} and all(len(v) == 2 for v in out.values())
+
+    def test_all_users_to_a_file_and_to_stdout(self, trained, tmp_path, capsys):
+        model = lfopt.load(trained["model"])
+        out = tmp_path / "recs.csv"
+        assert main(["recommend", "--model", str(trained["model"]), "--all-users", "-k", "3", "--output",
+                     str(out)]) == 0
+        assert "top-3 lists of" in capsys.readouterr().err
+        table = pd.read_csv(out)
+        assert list(table.columns) == ["user", "rank", "item", "score"]
+        known = model.user_ids_[model.user_counts_ > 0]
+        assert sorted(set(table["user"])) == sorted(known.tolist()) and len(table) == 3 * len(known)
+        u = int(np.argmax(model.user_counts_))
+        mine = table[table["user"] == model.user_ids_[u]]
+        items, scores = model.recommend(model.user_ids_[u], k=3)
+        assert mine["item"].tolist() == items.tolist() and mine["rank"].tolist() == [1, 2, 3]
+        assert mine["score"].tolist() == pytest.approx(scores.tolist(), rel=1e-5)
+        assert not self._seen(model, u) & set(mine["item"])
+        assert main(["recommend", "--model", str(trained["model"]), "--all-users", "-k", "2"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0] == "user\trank\titem\tscore" and len(lines) == 1 + 2 * len(known)
+        assert main(["recommend", "--model", str(trained["model"]), "--all-users", "--output", str(out)]) == 1
+        assert "--overwrite" in capsys.readouterr().err  # the file is kept
+        for argv in (["--all-users", "--user", "1"], []):
+            with pytest.raises(SystemExit) as info:
+                main(["recommend", "--model", str(trained["model"]), *argv])
+            assert info.value.code == 2
 
     def test_table_output_default_k(self, trained, capsys):
         assert main(["recommend", "--model", str(trained["model"]), "--user", "0"]) == 0

@@ -7,7 +7,8 @@ import json
 import numpy as np
 
 from ..estimators import load as load_model
-from .common import add_model_option
+from ..results import write_atomic
+from .common import add_model_option, check_output_paths, say
 
 
 def add_parser(sub):
@@ -17,9 +18,15 @@ def add_parser(sub):
                        "any saved model (lfopt train --save, lfopt rank --save). A user unknown to the model is "
                        "reported and skipped (the others are printed; exit status 1) unless --fallback, which "
                        "recommends the most popular items "
-                       "(shrunk popularity: a damped mean rating, or the interaction count for ranking models).")
+                       "(shrunk popularity: a damped mean rating, or the interaction count for ranking models). "
+                       "--all-users recommends for every user the model was trained on; --output writes the lists "
+                       "as a table (user, rank, item, score; tab-separated, comma-separated for .csv).")
     add_model_option(p)
-    p.add_argument("--user", required=True, action="append", help="user ID (repeat for several users)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", action="append", help="user ID (repeat for several users)")
+    who.add_argument("--all-users", action="store_true",
+                     help="every user with training entries (computed a block of users at a time); the lists "
+                     "print as a table (user, rank, item, score), or go to --output")
     p.add_argument("-k", type=int, default=10, help="number of items (default: 10)")
     p.add_argument("--include-seen", action="store_true", help="also recommend items seen in training")
     p.add_argument("--min-support", type=int, default=None, metavar="N",
@@ -27,7 +34,39 @@ def add_parser(sub):
     p.add_argument("--fallback", action="store_true",
                    help="recommend popular items to users unknown to the model instead of failing")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--output", metavar="FILE",
+                   help="write the lists to this file as a table: user, rank, item, score (tab-separated; "
+                   "comma-separated when FILE ends with .csv)")
+    p.add_argument("--overwrite", action="store_true", help="allow replacing an existing --output file")
+    p.add_argument("--quiet", "-q", action="store_true", help="no information output")
     return p
+
+
+def _table(out: dict, sep: str) -> str:
+    """The lists of ``out`` (user -> [{"item", "score"}, ...]) as text: user, rank, item, score."""
+    import pandas as pd
+
+    users, ranks, items, scores = [], [], [], []
+    for user, recs in out.items():
+        for rank, r in enumerate(recs, 1):
+            users.append(user)
+            ranks.append(rank)
+            items.append(r["item"])
+            scores.append(r["score"])
+    table = pd.DataFrame({"user": users, "rank": ranks, "item": items, "score": scores})
+    return table.to_csv(sep=sep, index=False, float_format="%.6g", lineterminator="\n")
+
+
+def _all_users(model, args) -> dict:
+    """user ID -> list of {"item", "score"} for every user with training entries (padding left out)."""
+    rows = np.flatnonzero(model.user_counts_ > 0)
+    users = model.user_ids_[rows] if model.user_ids_ is not None else rows
+    items, scores = model.recommend(users, k=args.k, exclude_seen=not args.include_seen,
+                                    min_support=args.min_support)
+    out = {}
+    for user, its, scs in zip(users.tolist(), items, scores):
+        out[user] = [{"item": np.asarray(i).item(), "score": float(s)} for i, s in zip(its, scs) if np.isfinite(s)]
+    return out
 
 
 def _as_id(model, raw: str):
@@ -50,7 +89,13 @@ def run(args) -> int:
         raise ConfigError(f"--min-support must be a positive integer, got {args.min_support}")
     if args.k < 1:
         raise ConfigError(f"-k must be a positive integer, got {args.k}")
+    if args.output:
+        check_output_paths([("--output", args.output)], args.overwrite)
     model = load_model(args.model)
+    if args.all_users:
+        out = _all_users(model, args)
+        _write(out, args)
+        return 0
     ids = [_as_id(model, raw) for raw in args.user]
     # one lookup per ID: a list mixing numbers and text (an unknown "abc" beside 1 and 2) would become
     # an array of strings, in which no numeric ID is found
@@ -75,11 +120,22 @@ def run(args) -> int:
         print(f"lfopt recommend: warning: {len(unknown)} user(s) unknown to the model "
               f"({', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}): recommended by popularity",
               file=sys.stderr)
-    if args.json:
-        print(json.dumps(out, indent=2))
+    _write(out, args)
+    return 1 if skip else 0
+
+
+def _write(out: dict, args) -> None:
+    """The lists to --output (a table), or printed: JSON, a table (--all-users) or one block per user."""
+    if args.output:
+        sep = "," if str(args.output).lower().endswith(".csv") else "\t"
+        write_atomic(args.output, _table(out, sep).encode("utf-8"), args.overwrite)
+        say(args, f"top-{args.k} lists of {len(out)} users written to {args.output}")
+    elif args.json:
+        print(json.dumps({str(u): recs for u, recs in out.items()}, indent=2))
+    elif args.all_users:
+        print(_table(out, "\t"), end="")
     else:
         for user, recs in out.items():
             print(f"user {user}:")
             for rank, r in enumerate(recs, 1):
                 print(f"  {rank:3d}. item {r['item']}  score {r['score']:.3f}")
-    return 1 if skip else 0
