@@ -11,7 +11,7 @@ import sys
 
 from .errors import LfoptError
 
-SUBCOMMANDS = ("train", "evaluate", "predict", "recommend", "compare", "rank", "experiment")
+SUBCOMMANDS = ("train", "evaluate", "predict", "recommend", "info", "compare", "rank", "experiment")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -302,6 +302,25 @@ class TestPredict:
         assert "pairs.tsv, line 3" in err and "--duplicates mean or --duplicates last" in err
 
 
+# ===================================================================== info
+def test_info_says_what_a_model_file_holds(trained, tmp_path, capsys):
+    assert main(["info", "--model", str(trained["model"])]) == 0
+    text = capsys.readouterr().out
+    model = lfopt.load(trained["model"])
+    assert "LatentFactorModel, method als, rank 3" in text and f"saved by lfopt {lfopt.__version__}" in text
+    assert f"{model.n_users_} users x {model.n_items_} items, 2160 training ratings" in text
+    assert str(trained["data"]) in text and "random split, seed 1, test fraction 0.1" in text
+    assert "optimizer='als'" in text and "training    2 epochs" in text
+    assert main(["info", "--model", str(trained["model"]), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["n_users"] == model.n_users_ and facts["epochs"] == len(model.history_)
+    assert facts["last_epoch"]["train_rmse"] == pytest.approx(model.history_[-1]["train_rmse"])
+    fake = tmp_path / "fake.npz"
+    fake.write_text("hello")
+    assert main(["info", "--model", str(fake)]) == 1
+    assert "not an lfopt model" in capsys.readouterr().err
+
+
 # ================================================================ recommend
 @needs_recommend
 class TestRecommend:

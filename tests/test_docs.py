@@ -51,7 +51,7 @@ def test_readme_command_lines_parse():
         if "lfopt" in words and words[0] in ("lfopt", "torchrun"):
             commands.append(words[words.index("lfopt") + 1:])
     assert len(commands) >= 15 and {c[0] for c in commands if c} >= {"train", "evaluate", "predict", "recommend",
-                                                                      "compare", "rank", "experiment"}
+                                                                      "info", "compare", "rank", "experiment"}
     parser = build_parser()
     for argv in commands:
         if argv == ["--help"]:
