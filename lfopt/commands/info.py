@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 
@@ -24,40 +23,19 @@ def add_parser(sub):
     return p
 
 
-def _given_params(model) -> dict:
-    """The hyper-parameters that differ from the class defaults (what was asked for)."""
-    defaults = {k: v.default for k, v in inspect.signature(type(model).__init__).parameters.items()
-                if v.default is not inspect.Parameter.empty}
-    out = {}
-    for key, value in model.get_params().items():
-        if key in defaults and _differs(value, defaults[key]):
-            out[key] = value
-    return out
-
-
-def _differs(a, b) -> bool:
-    try:
-        return bool(a != b)
-    except Exception:  # arrays and other values without a plain truth value
-        return True
-
-
 def describe(model, path) -> dict:
     """The facts ``lfopt info`` prints, as a JSON-able dict."""
-    from pathlib import Path
-
-    from ..estimators.io import _read
+    from ..estimators.io import saved_metadata
     from ..results import to_jsonable
 
-    path = Path(path)
-    _, meta = _read(path)
+    meta = saved_metadata(path)
     history = getattr(model, "history_", None) or []
     last = history[-1] if history else {}
     facts = {
         "file": str(path), "bytes": os.path.getsize(path), "saved_by": f"lfopt {meta.get('lfopt_version', '?')}",
         "model": type(model).__name__, "method": getattr(model, "method_", None),
         "rank": getattr(model, "rank_", None) or model.get_params().get("rank"),
-        "parameters_given": _given_params(model),
+        "parameters_given": model._given_params(),
         "n_users": int(model.n_users_), "n_items": int(model.n_items_),
         "n_training_ratings": int(np.asarray(model.user_counts_).sum()),
         "n_samples_averaged": getattr(model, "n_samples_", None),

@@ -10,7 +10,6 @@ ranking models: an empty score).
 from __future__ import annotations
 
 import sys
-import warnings
 
 import numpy as np
 
@@ -55,11 +54,10 @@ def run(args) -> int:
                  implicit=True, missing=args.missing)
     users = pairs.user_ids[pairs.users] if pairs.user_ids is not None else pairs.users
     items = pairs.item_ids[pairs.items] if pairs.item_ids is not None else pairs.items
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the unknown pairs are counted below
-        kwargs = {"clip": False} if args.no_clip else {}
-        pred = np.asarray(model.predict(users, items, **kwargs), dtype=np.float64)
-    known = (model._user_rows(users) >= 0) & (model._item_cols(items) >= 0)
+    rows, cols = model._user_rows(users), model._item_cols(items)  # -1: unknown to the model
+    pred, _ = model._predict_indices(rows, cols, clip=not args.no_clip)  # what predict() computes, unwarned
+    pred = np.asarray(pred, dtype=np.float64)
+    known = (rows >= 0) & (cols >= 0)
     sep = "," if args.output and str(args.output).lower().endswith(".csv") else "\t"
     text = _table(users, items, pred, known, sep)
     n_unknown = int((~known).sum())

@@ -60,7 +60,7 @@ def _table(out: dict, sep: str) -> str:
 def _all_users(model, args) -> dict:
     """user ID -> list of {"item", "score"} for every user with training entries (padding left out)."""
     rows = np.flatnonzero(model.user_counts_ > 0)
-    users = model.user_ids_[rows] if model.user_ids_ is not None else rows
+    users = model.user_ids_[rows]
     items, scores = model.recommend(users, k=args.k, exclude_seen=not args.include_seen,
                                     min_support=args.min_support)
     out = {}

@@ -142,14 +142,15 @@ class Recommender:
             setattr(self, name, value)
         return self
 
-    def __repr__(self) -> str:
+    def _given_params(self) -> dict:
+        """The hyper-parameters that differ from the constructor's defaults (what was asked for)."""
         sig = inspect.signature(type(self).__init__)
         defaults = {p.name: p.default for p in sig.parameters.values() if p.default is not p.empty}
-        shown = []
-        for name, value in self.get_params().items():
-            if name in defaults and _same(defaults[name], value):
-                continue
-            shown.append(f"{name}={value!r}")
+        return {name: value for name, value in self.get_params().items()
+                if not (name in defaults and _same(defaults[name], value))}
+
+    def __repr__(self) -> str:
+        shown = [f"{name}={value!r}" for name, value in self._given_params().items()]
         return f"{type(self).__name__}({', '.join(shown)})"
 
     # ------------------------------------------------------------------ fit

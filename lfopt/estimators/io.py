@@ -110,6 +110,28 @@ def _check_archive(path: Path) -> None:
         raise ModelFileError(f"{path}: not an lfopt model file (not a zip/npz archive: {kind})")
 
 
+def _metadata(path: Path, members) -> tuple:
+    """``(name, decoded metadata)`` of an archive's metadata member (``members``: the arrays read, or
+    the open ``NpzFile``, whose other members are then not read)."""
+    names = members.files if hasattr(members, "files") else members
+    key = META_KEY if META_KEY in names else ("meta" if "meta" in names else None)
+    if key is None:
+        raise ModelFileError(f"{path}: not an lfopt model file (no lfopt metadata)")
+    try:
+        return key, json.loads(members[key].tobytes().decode())
+    except (ValueError, UnicodeDecodeError):
+        raise _damaged(path, "metadata is not JSON") from None
+
+
+def saved_metadata(path) -> dict:
+    """The metadata of a model file alone (its arrays are not read): what ``lfopt info`` shows
+    beside the loaded model, e.g. ``lfopt_version``."""
+    path = Path(path)
+    _check_archive(path)
+    with np.load(path, allow_pickle=False) as z:
+        return _metadata(path, z)[1]
+
+
 def _read(path: Path):
     _check_archive(path)
     try:
@@ -131,13 +153,8 @@ def _read(path: Path):
     except Exception as exc:  # zlib, CRC and header errors of a damaged member
         raise ModelFileError(f"{path}: not an lfopt model file (not a readable .npz: "
                              f"{type(exc).__name__}: {exc})") from None
-    key = META_KEY if META_KEY in files else ("meta" if "meta" in files else None)
-    if key is None:
-        raise ModelFileError(f"{path}: not an lfopt model file (no lfopt metadata)")
-    try:
-        meta = json.loads(files.pop(key).tobytes().decode())
-    except (ValueError, UnicodeDecodeError):
-        raise _damaged(path, "metadata is not JSON") from None
+    key, meta = _metadata(path, files)
+    del files[key]
     if not isinstance(meta, dict):
         raise _damaged(path, "metadata is not an object")
     return files, meta

@@ -581,8 +581,7 @@ class LatentFactorModel(RatingRecommender):
             except ConfigError:
                 raise ModelFileError(f"damaged lfopt model file (state 'method' must name an optimizer, found "
                                      f"{method!r})") from None
-        self.method_ = method or ("gibbs" if self.preset == "accurate" else
-                                  (self.optimizer if self.optimizer != "auto" else "als"))
+        self.method_ = method or self._plan()["optimizer"]
         self.mu_ = float(meta["mu"])
         self.global_mean_ = float(meta["global_mean"])
         self.rating_range_ = tuple(meta["rating_range"])
@@ -748,7 +747,7 @@ class LatentFactorModel(RatingRecommender):
             if side == "u":
                 new, old, X, bx, Y, by = train.csr, seen.csr, P, bu, Q, bi
             else:
-                new, old, X, bx, Y, by = train.csc, _transpose(seen).csr, Q, bi, P, bu
+                new, old, X, bx, Y, by = train.csc, seen.csc, Q, bi, P, bu
             prec, mean = prior["precision"], prior["mean"]
             updated = 0
             for r in np.flatnonzero(np.diff(new.indptr)):
@@ -970,11 +969,6 @@ def _row_population(X, b, seen, use_bias: bool) -> dict:
     cov = np.cov(Z.T).reshape(g, g) if len(Z) > 1 else np.eye(g)
     cov = cov + (1e-6 * max(float(np.trace(cov)) / g, 1e-12)) * np.eye(g)  # a ridge for degenerate rows
     return {"mean": mean, "precision": np.linalg.inv(cov)}
-
-
-def _transpose(data: Interactions) -> Interactions:
-    """The same pairs with users and items swapped (its ``csr`` is the original's item-major view)."""
-    return Interactions(data.items, data.users, data.values, n_users=data.n_items, n_items=data.n_users)
 
 
 def _prior_from_meta(value, g: int):
