@@ -59,6 +59,15 @@ def add_model_option(p: argparse.ArgumentParser) -> None:
                    help="a model saved by 'lfopt train --save' or 'lfopt rank --save'")
 
 
+def table_text(columns: dict, output=None) -> str:
+    """``columns`` (name -> values) as text with a header line, by pandas' C writer: comma-separated
+    when ``output`` ends with .csv, else tab-separated; floats to 6 significant digits, NaN empty."""
+    import pandas as pd
+
+    sep = "," if output and str(output).lower().endswith(".csv") else "\t"
+    return pd.DataFrame(columns).to_csv(sep=sep, index=False, float_format="%.6g", na_rep="", lineterminator="\n")
+
+
 def add_rating_data_options(p: argparse.ArgumentParser) -> None:
     """Options of commands that train a rating model (train, compare)."""
     p.add_argument("--force-rating", action="store_true",

@@ -16,7 +16,7 @@ import numpy as np
 from ..data.io import load
 from ..estimators import load as load_model
 from ..results import write_atomic
-from .common import add_data_options, add_model_option, check_output_paths, parse_columns, say
+from .common import add_data_options, add_model_option, check_output_paths, parse_columns, say, table_text
 
 
 def add_parser(sub):
@@ -37,15 +37,6 @@ def add_parser(sub):
     return p
 
 
-def _table(users, items, pred, known, sep: str) -> str:
-    """The table as text: a header, then one line per pair (an unknown score empty), by pandas' C writer."""
-    import pandas as pd
-
-    table = pd.DataFrame({"user": users, "item": items, "prediction": np.where(np.isfinite(pred), pred, np.nan),
-                          "known": known.astype(np.int8)})
-    return table.to_csv(sep=sep, index=False, float_format="%.6g", na_rep="", lineterminator="\n")
-
-
 def run(args) -> int:
     if args.output:
         check_output_paths([("--output", args.output)], args.overwrite)
@@ -58,8 +49,8 @@ def run(args) -> int:
     pred, _ = model._predict_indices(rows, cols, clip=not args.no_clip)  # what predict() computes, unwarned
     pred = np.asarray(pred, dtype=np.float64)
     known = (rows >= 0) & (cols >= 0)
-    sep = "," if args.output and str(args.output).lower().endswith(".csv") else "\t"
-    text = _table(users, items, pred, known, sep)
+    text = table_text({"user": users, "item": items, "prediction": np.where(np.isfinite(pred), pred, np.nan),
+                       "known": known.astype(np.int8)}, args.output)  # an unknown score empty
     n_unknown = int((~known).sum())
     fallback = "the mean and the known side's bias" if model._task == "rating" else "no score, left empty"
     note = f" ({n_unknown} with a user or item the model never saw: {fallback})" if n_unknown else ""

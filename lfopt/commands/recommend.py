@@ -8,7 +8,7 @@ import numpy as np
 
 from ..estimators import load as load_model
 from ..results import write_atomic
-from .common import add_model_option, check_output_paths, say
+from .common import add_model_option, check_output_paths, say, table_text
 
 
 def add_parser(sub):
@@ -42,10 +42,8 @@ def add_parser(sub):
     return p
 
 
-def _table(out: dict, sep: str) -> str:
+def _table(out: dict, output=None) -> str:
     """The lists of ``out`` (user -> [{"item", "score"}, ...]) as text: user, rank, item, score."""
-    import pandas as pd
-
     users, ranks, items, scores = [], [], [], []
     for user, recs in out.items():
         for rank, r in enumerate(recs, 1):
@@ -53,8 +51,7 @@ def _table(out: dict, sep: str) -> str:
             ranks.append(rank)
             items.append(r["item"])
             scores.append(r["score"])
-    table = pd.DataFrame({"user": users, "rank": ranks, "item": items, "score": scores})
-    return table.to_csv(sep=sep, index=False, float_format="%.6g", lineterminator="\n")
+    return table_text({"user": users, "rank": ranks, "item": items, "score": scores}, output)
 
 
 def _all_users(model, args) -> dict:
@@ -127,13 +124,12 @@ def run(args) -> int:
 def _write(out: dict, args) -> None:
     """The lists to --output (a table), or printed: JSON, a table (--all-users) or one block per user."""
     if args.output:
-        sep = "," if str(args.output).lower().endswith(".csv") else "\t"
-        write_atomic(args.output, _table(out, sep).encode("utf-8"), args.overwrite)
+        write_atomic(args.output, _table(out, args.output).encode("utf-8"), args.overwrite)
         say(args, f"top-{args.k} lists of {len(out)} users written to {args.output}")
     elif args.json:
         print(json.dumps({str(u): recs for u, recs in out.items()}, indent=2))
     elif args.all_users:
-        print(_table(out, "\t"), end="")
+        print(_table(out), end="")
     else:
         for user, recs in out.items():
             print(f"user {user}:")
